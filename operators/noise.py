@@ -1,0 +1,243 @@
+"""Noise models: the likelihood ``p(y | A x)`` of a measurement given the noiseless forward output.
+
+Each model gives ``log_prob(y, Ax) -> (n,)`` (summed over the measurement dimensions, batched and
+differentiable in ``Ax``) and ``sample(Ax, generator)``. ``y`` has shape ``(n, *out_shape)`` or
+``out_shape`` (broadcast over the batch).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor
+from torch.distributions import Laplace, Poisson, StudentT
+
+from operators.base import like
+
+
+def positive_parameter(value: float | Tensor, name: str) -> Tensor:
+    """``value`` as a tensor, checked finite and strictly positive (raises naming ``name``)."""
+    t = (
+        torch.as_tensor(value, dtype=torch.float64)
+        if isinstance(value, int | float)
+        else torch.as_tensor(value)
+    )
+    if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64)):
+        raise TypeError(f"{name} must be a real number or tensor, got dtype {t.dtype}")
+    t = t.to(torch.get_default_dtype()) if not t.is_floating_point() else t
+    if t.numel() == 0 or not bool(torch.isfinite(t).all()) or bool((t <= 0).any()):
+        raise ValueError(
+            f"{name} must be finite and > 0, got {value if t.numel() == 1 else 'a tensor with min ' + str(float(t.min()))}"
+        )
+    return t
+
+
+@contextmanager
+def seeded_global_rng(generator: torch.Generator | None, device: torch.device):
+    """Run code that draws from torch's global RNG (Pyro, some distributions) reproducibly.
+
+    The global RNG state is saved, seeded from ``generator`` (advancing it), and restored afterwards.
+    """
+    if generator is None:
+        yield
+        return
+    seed = int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
+def sum_event(log_p: Tensor) -> Tensor:
+    """Sum a per-element log-probability of shape ``(n, *out_shape)`` to ``(n,)``."""
+    return log_p.reshape(log_p.shape[0], -1).sum(1)
+
+
+def broadcast_y(y: Tensor, Ax: Tensor) -> Tensor:
+    y = like(y, Ax)
+    return y.expand_as(Ax) if y.dim() < Ax.dim() else y
+
+
+class NoiseModel:
+    """Base class of measurement noise models (likelihoods)."""
+
+    def log_prob(self, y: Tensor, Ax: Tensor) -> Tensor:
+        """Log-likelihood ``log p(y | Ax)``.
+
+        Parameters
+        ----------
+        y : Tensor, shape (n, *out_shape) or out_shape
+        Ax : Tensor, shape (n, *out_shape)
+
+        Returns
+        -------
+        Tensor, shape (n,)
+        """
+        raise NotImplementedError
+
+    def sample(self, Ax: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Draw ``y ~ p(y | Ax)``, shape ``(n, *out_shape)``."""
+        raise NotImplementedError
+
+    def check_y(self, y: Tensor) -> None:
+        """Model-specific checks of an observed ``y`` (support); raises ``ValueError``."""
+
+
+class GaussianNoise(NoiseModel):
+    """Additive Gaussian noise ``y = A x + sigma * n``.
+
+    Parameters
+    ----------
+    sigma : float or Tensor
+        Standard deviation, a scalar or a tensor broadcastable to ``out_shape`` (per element); > 0.
+    """
+
+    def __init__(self, sigma: float | Tensor):
+        self.sigma = positive_parameter(sigma, "sigma")
+
+    def log_prob(self, y: Tensor, Ax: Tensor) -> Tensor:
+        sigma = like(self.sigma, Ax)
+        r = (broadcast_y(y, Ax) - Ax) / sigma
+        log_norm = torch.log(sigma).expand_as(Ax) + 0.5 * math.log(2 * math.pi)
+        return sum_event(-0.5 * r**2 - log_norm)
+
+    def sample(self, Ax: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        eps = torch.randn(Ax.shape, generator=generator, dtype=Ax.dtype, device=Ax.device)
+        return Ax + like(self.sigma, Ax) * eps
+
+    def variance(self, like_tensor: Tensor) -> Tensor:
+        """Per-element noise variance broadcast to ``like_tensor``'s shape (without batch)."""
+        return (like(self.sigma, like_tensor) ** 2).expand(like_tensor.shape)
+
+    def __repr__(self) -> str:
+        return f"GaussianNoise(sigma={self.sigma.tolist() if self.sigma.numel() == 1 else 'tensor'})"
+
+
+class PoissonNoise(NoiseModel):
+    """Photon counts ``y ~ Poisson(gain * A x)``.
+
+    Parameters
+    ----------
+    gain : float
+        Expected counts per unit of ``A x`` (> 0). Larger gain means less relative noise.
+    min_rate : float
+        Rates are clamped below at this value so that ``log_prob`` stays finite (and differentiable)
+        when an intermediate estimate of ``A x`` is negative; clamping is documented, not silent for
+        observations: ``y`` itself must be non-negative.
+    """
+
+    def __init__(self, gain: float = 1.0, min_rate: float = 1e-6):
+        self.gain = positive_parameter(gain, "gain")
+        self.min_rate = float(positive_parameter(min_rate, "min_rate"))
+
+    def rate(self, Ax: Tensor) -> Tensor:
+        return (like(self.gain, Ax) * Ax).clamp_min(self.min_rate)
+
+    def log_prob(self, y: Tensor, Ax: Tensor) -> Tensor:
+        return sum_event(Poisson(self.rate(Ax), validate_args=False).log_prob(broadcast_y(y, Ax)))
+
+    def sample(self, Ax: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        return torch.poisson(self.rate(Ax), generator=generator)
+
+    def check_y(self, y: Tensor) -> None:
+        if bool((y < 0).any()):
+            raise ValueError("y must be non-negative counts for PoissonNoise")
+
+
+class LaplaceNoise(NoiseModel):
+    """Additive Laplace noise with scale ``b`` (> 0): density ``exp(-|y - Ax| / b) / (2 b)``."""
+
+    def __init__(self, b: float | Tensor):
+        self.b = positive_parameter(b, "b")
+
+    def log_prob(self, y: Tensor, Ax: Tensor) -> Tensor:
+        return sum_event(Laplace(Ax, like(self.b, Ax), validate_args=False).log_prob(broadcast_y(y, Ax)))
+
+    def sample(self, Ax: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        u = torch.rand(Ax.shape, generator=generator, dtype=Ax.dtype, device=Ax.device) - 0.5
+        u = u.clamp(-0.5 + torch.finfo(Ax.dtype).eps, 0.5 - torch.finfo(Ax.dtype).eps)
+        return Ax - like(self.b, Ax) * torch.sign(u) * torch.log1p(-2 * u.abs())
+
+
+class StudentTNoise(NoiseModel):
+    """Additive Student-t noise with ``df`` degrees of freedom and ``scale`` (both > 0); heavy tails."""
+
+    def __init__(self, df: float, scale: float | Tensor = 1.0):
+        self.df = positive_parameter(df, "df")
+        self.scale = positive_parameter(scale, "scale")
+
+    def log_prob(self, y: Tensor, Ax: Tensor) -> Tensor:
+        dist = StudentT(like(self.df, Ax), Ax, like(self.scale, Ax), validate_args=False)
+        return sum_event(dist.log_prob(broadcast_y(y, Ax)))
+
+    def sample(self, Ax: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        with seeded_global_rng(generator, Ax.device):
+            dist = StudentT(like(self.df, Ax), Ax, like(self.scale, Ax))
+            return dist.sample()
+
+
+class PyroLikelihood(NoiseModel):
+    """A likelihood written as a Pyro model.
+
+    ``model(z)`` receives the operator output ``z = A(x)`` of shape ``(n, *out_shape)`` and calls
+    ``pyro.sample(site, dist, obs=...)`` once. The library conditions that site on the observed
+    ``y`` (overriding whatever the model passed as ``obs``) and reads the per-particle
+    log-likelihood from the site's ``log_prob`` in a Pyro trace, summed over every dimension but
+    the first. The model must broadcast over the batch dimension and must not contain other
+    latent ``pyro.sample`` sites.
+
+    Parameters
+    ----------
+    model : callable
+        The user's Pyro function of ``z``.
+    site : str
+        Name of the observed sample site (default ``"y"``).
+
+    Examples
+    --------
+    >>> def model(z):  # Poisson counts with a log link
+    ...     return pyro.sample("y", dist.Poisson(torch.exp(z)).to_event(1), obs=y_obs)
+    >>> noise = PyroLikelihood(model)
+    """
+
+    def __init__(self, model: Callable[[Tensor], Tensor], site: str = "y"):
+        if not callable(model):
+            raise TypeError(f"model must be callable, got {type(model).__name__}")
+        self.model, self.site = model, site
+
+    def trace(self, y: Tensor | None, Ax: Tensor):
+        from pyro import poutine
+
+        model = self.model if y is None else poutine.condition(self.model, data={self.site: y})
+        tr = poutine.trace(model).get_trace(Ax)
+        if self.site not in tr.nodes:
+            raise ValueError(f"the Pyro model has no sample site named {self.site!r}")
+        latent = [
+            k
+            for k, v in tr.nodes.items()
+            if v["type"] == "sample" and not v["is_observed"] and k != self.site
+        ]
+        if latent:
+            raise ValueError(
+                f"the Pyro model has latent sample sites {latent}; only the observed site {self.site!r} is allowed"
+            )
+        return tr
+
+    def log_prob(self, y: Tensor, Ax: Tensor) -> Tensor:
+        node = self.trace(broadcast_y(y, Ax), Ax).nodes[self.site]
+        log_p = node["fn"].log_prob(node["value"])
+        if log_p.dim() == 0 or log_p.shape[0] != Ax.shape[0]:
+            raise ValueError(
+                f"site {self.site!r} has log_prob shape {tuple(log_p.shape)}; the model must broadcast over the "
+                f"batch of {Ax.shape[0]} inputs (the first dimension of its argument)"
+            )
+        return log_p.reshape(Ax.shape[0], -1).sum(1)
+
+    def sample(self, Ax: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        from pyro import poutine
+
+        with seeded_global_rng(generator, Ax.device):
+            tr = poutine.trace(poutine.uncondition(self.model)).get_trace(Ax)
+        return tr.nodes[self.site]["value"].detach()

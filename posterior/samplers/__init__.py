@@ -1,0 +1,6 @@
+"""Posterior samplers: each a dataclass of hyperparameters with ``sample(problem, prior, num_samples, ...)``."""
+
+from posterior.samplers.base import Sampler
+from posterior.samplers.dps import DPS
+
+__all__ = ["DPS", "Sampler"]

@@ -1,0 +1,90 @@
+"""Diffusion Posterior Sampling (DPS): the common baseline.
+
+Chung, Kim, McCann, Klasky & Ye, "Diffusion Posterior Sampling for General Noisy Inverse
+Problems", ICLR 2023, arXiv:2209.14687.
+
+DPS replaces the intractable ``p(y | x_sigma)`` by ``p(y | x0_hat(x_sigma))`` with Tweedie's
+estimate ``x0_hat = D(x_sigma, sigma)``. After each ancestral step from ``sigma_i`` to ``sigma_{i+1}``
+
+    x_{i+1} = x0_hat + (sigma_{i+1}^2 / sigma_i^2) (x_i - x0_hat) + sigma_{i+1} sqrt(1 - sigma_{i+1}^2 / sigma_i^2) z
+
+it moves along a gradient taken through the denoiser:
+
+- ``guidance="residual"`` (the paper, Algorithm 1): ``x_{i+1} -= zeta' grad_{x_i} ||y - A(x0_hat)||_2``,
+  i.e. the step ``zeta_i = zeta' / ||y - A(x0_hat)||`` on the squared residual (up to the factor 2
+  of the paper's notation, which the released code folds into ``zeta'``);
+- ``guidance="likelihood"``: ``x_{i+1} += zeta (sigma_i^2 - sigma_{i+1}^2) grad_{x_i} log p(y | x0_hat)``,
+  the ancestral step with the posterior score approximated as the prior score plus the DPS
+  likelihood score; ``zeta = 1`` is the unscaled approximation, usable for any noise model.
+
+Output: approximate posterior samples; not a calibrated sampler (the guidance is biased and the
+step size dominates). Cost per step: 1 NFE and 1 vector-Jacobian product through the network.
+
+Measured (2-D separated mixture, one row, sigma_y = 0.5, 500 samples): the residual step at 100
+steps lands at 1.6x the sliced-Wasserstein floor; the unscaled likelihood step (``zeta = 1``)
+overshoots, because DPS ignores the uncertainty of ``x0_hat`` (40x the floor, mean far off); with
+``zeta = 0.1`` and 1000 steps it reaches 4x. Retune ``step_size`` for every task and noise level.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from posterior.priors.integrators import ancestral_step, sigma_grid
+from posterior.samplers.base import Sampler, check_finite, tweedie_guidance
+from posterior.utils import progress_bar
+
+
+@dataclass
+class DPS(Sampler):
+    """Hyperparameters of DPS.
+
+    Parameters
+    ----------
+    steps : int
+        Number of noise levels (the paper uses 1000 DDPM steps); one NFE each.
+    step_size : float
+        ``zeta'`` (residual guidance; the paper's 1.0 for Gaussian-noise FFHQ tasks, 0.3-0.4 for
+        Poisson and nonlinear ones) or ``zeta`` (likelihood guidance; 1.0 is the unscaled score).
+    guidance : str
+        ``"residual"`` (the paper) or ``"likelihood"``.
+    rho : float
+        Exponent of the EDM noise-level grid between the prior's ``sigma_max`` and ``sigma_min``.
+    """
+
+    steps: int = 1000
+    step_size: float = 1.0
+    guidance: str = "residual"
+    rho: float = 7.0
+
+    kind = "samples"
+
+    def __post_init__(self):
+        if self.guidance not in ("residual", "likelihood"):
+            raise ValueError(f"guidance must be 'residual' or 'likelihood', got {self.guidance!r}")
+        if self.steps < 2:
+            raise ValueError(f"steps must be >= 2, got {self.steps}")
+        if not self.step_size > 0:
+            raise ValueError(f"step_size must be > 0, got {self.step_size}")
+
+    def run(self, problem, prior, x_shape, generator, progress, callback):
+        dtype, device = problem.y.dtype, problem.y.device
+        sigmas = sigma_grid(
+            prior.sigma_min, prior.sigma_max, self.steps, rho=self.rho, dtype=dtype, device=device
+        )
+        sigmas = torch.cat([sigmas, sigmas.new_zeros(1)])
+        x = sigmas[0] * torch.randn(x_shape, generator=generator, dtype=dtype, device=device)
+        for i in progress_bar(range(self.steps), progress, "DPS"):
+            sigma, sigma_next = sigmas[i], sigmas[i + 1]
+            x0_hat, grad = tweedie_guidance(problem, prior, x, sigma, self.guidance)
+            x_next = ancestral_step(x, x0_hat, sigma, sigma_next, generator)
+            if self.guidance == "residual":
+                x = x_next + self.step_size * grad
+            else:
+                x = x_next + self.step_size * (sigma**2 - sigma_next**2) * grad
+            check_finite(x, "DPS", i, float(sigma))
+            if callback is not None:
+                callback(i, {"x": x, "x0_hat": x0_hat, "sigma": sigma})
+        return x, {"sigma": sigmas[:-1].cpu()}

@@ -1,0 +1,56 @@
+import math
+
+import pytest
+import torch
+
+from posterior import metrics
+from posterior.priors import GaussianMixture
+
+
+def test_sliced_wasserstein_of_a_shift():
+    # Shifting every sample by c moves each 1-D projection theta^T x by theta^T c, so SW1 = E|theta^T c|.
+    # For d = 2 and c = (1, 0): E|cos U| = 2 / pi over directions uniform on the circle; 1000 directions
+    # give a Monte-Carlo error of std(|cos|) / sqrt(1000) ~ 0.01.
+    x = torch.randn(500, 2, dtype=torch.float64)
+    sw = metrics.sliced_wasserstein(x, x + torch.tensor([1.0, 0.0], dtype=torch.float64))
+    assert sw == pytest.approx(2 / math.pi, abs=0.04)
+    assert metrics.sliced_wasserstein(x, x) == 0.0
+
+
+def test_sliced_wasserstein_unequal_sizes_matches_repetition():
+    x = torch.randn(30, 3, dtype=torch.float64)
+    y = torch.randn(10, 3, dtype=torch.float64)
+    # Repeating each y three times gives the same empirical measure.
+    assert metrics.sliced_wasserstein(x, y) == pytest.approx(
+        metrics.sliced_wasserstein(x, y.repeat(3, 1)), rel=1e-12
+    )
+
+
+def test_sliced_wasserstein_is_seeded_and_checks_shapes():
+    x, y = torch.randn(50, 4), torch.randn(50, 4)
+    assert metrics.sliced_wasserstein(x, y, seed=3) == metrics.sliced_wasserstein(x, y, seed=3)
+    with pytest.raises(ValueError, match="different event sizes"):
+        metrics.sliced_wasserstein(x, torch.randn(50, 5))
+
+
+def test_mode_weight_tv():
+    mixture = GaussianMixture.grid(2, seed=0)
+    exact = mixture.sample(20000, seed=0)
+    # TV of an exact set is the multinomial error: ~ 0.5 * sum_k sqrt(w_k / n) <= 0.5 * sqrt(K / n) = 0.018
+    assert metrics.mode_weight_tv(exact, mixture) < 0.03
+    one_mode = mixture.means[:1].expand(100, -1)
+    expected = 0.5 * (float(1 - mixture.weights[0]) + float(mixture.weights[1:].sum()))
+    assert metrics.mode_weight_tv(one_mode, mixture) == pytest.approx(expected, abs=1e-6)
+
+
+def test_mean_and_covariance_errors():
+    mixture = GaussianMixture.grid(3, seed=0)
+    x = mixture.sample(20000, seed=1)
+    assert metrics.mean_error(x, mixture.mean()) < 0.1
+    assert metrics.covariance_error(x, mixture.covariance()) < 0.05
+    assert metrics.mean_error(x + 10, mixture.mean()) > 1
+
+
+def test_psnr():
+    ref = torch.zeros(4, 4)
+    assert metrics.psnr(ref + 0.1, ref) == pytest.approx(20.0)
