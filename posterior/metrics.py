@@ -86,7 +86,7 @@ def mode_weight_tv(
     weights : Tensor, shape (n,), optional
         Normalised sample weights (SMC); equal weights by default.
     """
-    r = mixture.responsibilities(samples.to(mixture.dtype), 0.0)
+    r = mixture.responsibilities(samples.to(device=mixture.device, dtype=mixture.dtype), 0.0)
     assign = torch.nn.functional.one_hot(r.argmax(1), r.shape[1]).to(torch.float64)
     w = (
         torch.full((samples.shape[0],), 1.0 / samples.shape[0], dtype=torch.float64)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from posterior.utils import atomic_write
 
 
 @dataclass
@@ -30,6 +31,8 @@ class PosteriorSamples:
         Seconds spent sampling.
     trace : dict of str to Tensor
         Per-step diagnostics (e.g. ``sigma``, ``ess``), each of shape ``(steps, ...)``.
+    sample_stats : dict of str to Tensor
+        Per-draw statistics of shape ``(chains, draws)``, e.g. ``log_likelihood`` = ``log p(y | x)``.
     sampler : str
         Name of the sampler, with ``config`` its hyperparameters.
     kind : str
@@ -43,6 +46,7 @@ class PosteriorSamples:
     grad_evals: int = 0
     wall_time: float = 0.0
     trace: dict[str, Tensor] = field(default_factory=dict)
+    sample_stats: dict[str, Tensor] = field(default_factory=dict)
     sampler: str = ""
     config: dict = field(default_factory=dict)
     kind: str = "samples"
@@ -53,10 +57,13 @@ class PosteriorSamples:
                 f"samples must be a tensor of shape (chains, draws, *event_shape), got "
                 f"{tuple(getattr(self.samples, 'shape', ()))}"
             )
-        if self.log_weights is not None and tuple(self.log_weights.shape) != tuple(self.samples.shape[:2]):
-            raise ValueError(
-                f"log_weights has shape {tuple(self.log_weights.shape)}, expected {tuple(self.samples.shape[:2])}"
-            )
+        per_draw = {"log_weights": self.log_weights} if self.log_weights is not None else {}
+        per_draw.update({f"sample_stats[{k!r}]": v for k, v in self.sample_stats.items()})
+        for name, value in per_draw.items():
+            if tuple(value.shape) != tuple(self.samples.shape[:2]):
+                raise ValueError(
+                    f"{name} has shape {tuple(value.shape)}, expected {tuple(self.samples.shape[:2])}"
+                )
 
     # -- shapes ---------------------------------------------------------------------------------
     @property
@@ -125,7 +132,8 @@ class PosteriorSamples:
     # -- ArviZ ----------------------------------------------------------------------------------
     def to_arviz(self, dims: list[str] | None = None):
         """ArviZ's container: an ``xarray.DataTree`` with groups ``posterior`` (variable ``x``) and
-        ``sample_stats`` (``log_weight`` when weighted), cost figures in the attributes.
+        ``sample_stats`` (the per-draw statistics, and ``log_weight`` when weighted), cost figures
+        in the attributes.
 
         Parameters
         ----------
@@ -144,8 +152,11 @@ class PosteriorSamples:
                 f"dims has {len(dims)} names, expected {len(self.event_shape)} for {self.event_shape}"
             )
         groups = {"posterior": {"x": self.samples.detach().cpu().numpy()}}
+        stats = {k: v.detach().cpu().numpy() for k, v in self.sample_stats.items()}
         if self.log_weights is not None:
-            groups["sample_stats"] = {"log_weight": self.log_weights.detach().cpu().numpy()}
+            stats["log_weight"] = self.log_weights.detach().cpu().numpy()
+        if stats:
+            groups["sample_stats"] = stats
         tree = azb.from_dict(groups, dims={"x": list(dims)})
         tree.attrs.update(
             sampler=self.sampler,
@@ -165,11 +176,11 @@ class PosteriorSamples:
         """
         from safetensors.torch import save_file
 
-        path = Path(path)
         tensors = {"samples": self.samples}
         if self.log_weights is not None:
             tensors["log_weights"] = self.log_weights
         tensors.update({f"trace.{k}": torch.as_tensor(v) for k, v in self.trace.items()})
+        tensors.update({f"stats.{k}": v for k, v in self.sample_stats.items()})
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         meta = {
             "format": "posterior.PosteriorSamples/1",
@@ -185,16 +196,7 @@ class PosteriorSamples:
                 default=str,
             ),
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=meta)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu") -> PosteriorSamples:
@@ -208,7 +210,14 @@ class PosteriorSamples:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
         info = json.loads(meta["info"])
         trace = {k.removeprefix("trace."): v for k, v in tensors.items() if k.startswith("trace.")}
-        return cls(samples=tensors["samples"], log_weights=tensors.get("log_weights"), trace=trace, **info)
+        stats = {k.removeprefix("stats."): v for k, v in tensors.items() if k.startswith("stats.")}
+        return cls(
+            samples=tensors["samples"],
+            log_weights=tensors.get("log_weights"),
+            trace=trace,
+            sample_stats=stats,
+            **info,
+        )
 
     def __repr__(self) -> str:
         return (

@@ -1,8 +1,11 @@
-"""Small helpers shared across the package: seeded generators and progress bars."""
+"""Small helpers shared across the package: seeded generators, progress bars, atomic file writes."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -28,3 +31,22 @@ def make_generator(
 def progress_bar(iterable: Iterable, enabled: bool, desc: str):
     """``tqdm`` over ``iterable`` when ``enabled``, else ``iterable`` unchanged."""
     return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True) if enabled else iterable
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it over ``path``.
+
+    Readers never see a half-written file; on error the temporary file is removed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results and weights are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

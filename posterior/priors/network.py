@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -61,6 +62,13 @@ class NetworkPrior(DiffusionPrior):
     def denoise(self, x: Tensor, sigma: float | Tensor) -> Tensor:
         self.check_x(x)
         s = sigma_tensor(sigma, x)
+        lo, hi = float(s.min()), float(s.max())
+        if lo < self.sigma_min * (1 - 1e-3) or hi > self.sigma_max * (1 + 1e-3):  # float32 slack
+            warnings.warn(
+                f"sigma in [{lo:.3g}, {hi:.3g}] leaves the network's trained range "
+                f"[{self.sigma_min:.3g}, {self.sigma_max:.3g}]; its denoiser is extrapolating",
+                stacklevel=2,
+            )
         scale = self.schedule.input_scale(s)
         out = self.net(scale * x, self.schedule.t(s.reshape(-1)))
         if self.parametrization == "eps":

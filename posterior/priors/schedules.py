@@ -118,13 +118,13 @@ class VPSchedule(Schedule):
 
     def sigma_of_t(self, t: Tensor) -> Tensor:
         if self.discrete:
-            idx = torch.as_tensor(t, dtype=torch.float64).clamp(0, self.num_steps - 1)
+            t = torch.as_tensor(t)
+            idx = t.to(torch.float64).clamp(0, self.num_steps - 1)
             lo = idx.floor().long().clamp(max=self.num_steps - 2)
             frac = idx - lo
-            log_s = (1 - frac) * self.log_sigmas[lo] + frac * self.log_sigmas[lo + 1]
-            return torch.exp(log_s).to(
-                t.dtype if torch.is_tensor(t) and t.is_floating_point() else torch.float64
-            )
+            table = self.log_sigmas.to(idx.device)
+            log_s = (1 - frac) * table[lo] + frac * table[lo + 1]
+            return torch.exp(log_s).to(t.dtype if t.is_floating_point() else torch.float64)
         t = torch.as_tensor(t) / self.time_scale
         if self.kind == "linear":
             alpha_bar = torch.exp(-(self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2))

@@ -2,5 +2,6 @@
 
 from posterior.samplers.base import Sampler
 from posterior.samplers.dps import DPS
+from posterior.samplers.reddiff import RedDiff
 
-__all__ = ["DPS", "Sampler"]
+__all__ = ["DPS", "RedDiff", "Sampler"]

@@ -69,8 +69,9 @@ def check_finite(x: Tensor, sampler: str, step: int, sigma: float) -> None:
 class Sampler:
     """Base class of the samplers: a dataclass of hyperparameters plus :meth:`sample`.
 
-    Subclasses implement ``run(problem, prior, x_shape, generator, progress, callback)`` returning
-    ``(samples of shape (n, *event_shape), trace dict)`` and set ``kind``.
+    Subclasses implement ``run(problem, prior, chains, num_samples, generator, progress, callback)``
+    returning ``(samples of shape (chains * num_samples, *event_shape), trace dict)``, chain-major,
+    and set ``kind``.
     """
 
     kind = "samples"
@@ -126,10 +127,13 @@ class Sampler:
         generator, _ = make_generator(seed, problem.y.device)
         counted = CountingPrior(prior)
         start = time.perf_counter()
-        x, trace = self.run(problem, counted, (n, *prior.event_shape), generator, progress, callback)
+        x, trace = self.run(problem, counted, chains, num_samples, generator, progress, callback)
         wall = time.perf_counter() - start
+        with torch.no_grad():
+            log_likelihood = problem.log_likelihood(x.detach())
         return PosteriorSamples(
             samples=x.detach().reshape(chains, num_samples, *prior.event_shape),
+            sample_stats={"log_likelihood": log_likelihood.reshape(chains, num_samples)},
             nfe=counted.nfe,
             grad_evals=counted.grad_evals,
             wall_time=wall,
@@ -139,5 +143,5 @@ class Sampler:
             kind=self.kind,
         )
 
-    def run(self, problem, prior, x_shape, generator, progress, callback):
+    def run(self, problem, prior, chains, num_samples, generator, progress, callback):
         raise NotImplementedError

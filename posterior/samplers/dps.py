@@ -69,7 +69,8 @@ class DPS(Sampler):
         if not self.step_size > 0:
             raise ValueError(f"step_size must be > 0, got {self.step_size}")
 
-    def run(self, problem, prior, x_shape, generator, progress, callback):
+    def run(self, problem, prior, chains, num_samples, generator, progress, callback):
+        x_shape = (chains * num_samples, *prior.event_shape)
         dtype, device = problem.y.dtype, problem.y.device
         sigmas = sigma_grid(
             prior.sigma_min, prior.sigma_max, self.steps, rho=self.rho, dtype=dtype, device=device

@@ -147,3 +147,13 @@ def test_heun_50_steps_reaches_exact_prior_within_floor():
     assert ratio < 1.5, ratio
     # mode weights: multinomial TV of 1000 draws over 25 modes is ~0.06; allow 0.1
     assert metrics.mode_weight_tv(torch.cat(draws), mixture) < 0.1
+
+
+def test_network_prior_warns_outside_trained_range():
+    prior = DiffusionPrior.from_model(
+        lambda z, t: z, parametrization="x0", schedule=EDMSchedule(), event_shape=(2,)
+    )
+    with pytest.warns(UserWarning, match="leaves the network's trained range"):
+        prior.denoise(torch.zeros(3, 2), 200.0)
+    with pytest.warns(UserWarning, match="trained range"):
+        prior.denoise(torch.zeros(2, 2), torch.tensor([1.0, 1e-4]))

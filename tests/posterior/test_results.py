@@ -17,6 +17,7 @@ def make(weighted=False, event=(3,)):
         grad_evals=50,
         wall_time=1.5,
         trace={"sigma": torch.linspace(1, 0.1, 5)},
+        sample_stats={"log_likelihood": -samples.reshape(4, 200, -1).pow(2).sum(-1)},
         sampler="DPS",
         config={"steps": 50},
     )
@@ -49,6 +50,8 @@ def test_validation():
         PosteriorSamples(torch.zeros(5, 3))
     with pytest.raises(ValueError, match="log_weights has shape"):
         PosteriorSamples(torch.zeros(2, 5, 3), log_weights=torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="sample_stats\\['ll'\\] has shape"):
+        PosteriorSamples(torch.zeros(2, 5, 3), sample_stats={"ll": torch.zeros(5)})
 
 
 @pytest.mark.parametrize("event, dims", [((3,), ("dim",)), ((1, 2, 2), ("channel", "row", "col"))])
@@ -57,7 +60,7 @@ def test_to_arviz_works_with_summary_ess_rhat(event, dims):
     tree = r.to_arviz()
     x = tree.posterior["x"]
     assert x.dims == ("chain", "draw", *dims)
-    assert "log_weight" in tree.sample_stats
+    assert "log_weight" in tree.sample_stats and "log_likelihood" in tree.sample_stats
     assert tree.attrs["nfe"] == 50
     summary = azs.summary(tree, var_names=["x"])
     assert len(summary) == int(np.prod(event))
@@ -74,6 +77,7 @@ def test_save_load_round_trip(tmp_path):
     torch.testing.assert_close(loaded.samples, r.samples)
     torch.testing.assert_close(loaded.log_weights, r.log_weights)
     torch.testing.assert_close(loaded.trace["sigma"], r.trace["sigma"])
+    torch.testing.assert_close(loaded.sample_stats["log_likelihood"], r.sample_stats["log_likelihood"])
     assert (loaded.nfe, loaded.grad_evals, loaded.sampler, loaded.config) == (50, 50, "DPS", {"steps": 50})
     assert [p.name for p in path.parent.iterdir()] == ["result.safetensors"]  # no temporary file left
 

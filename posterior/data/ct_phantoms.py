@@ -1,0 +1,160 @@
+"""CT-style ellipse phantoms: random ones in the spirit of Shepp & Logan (1974), and the original.
+
+A phantom is a sum of constant-intensity ellipses. Each random phantom has
+
+- a skull: an outer ellipse of bright intensity ``v_skull`` (0.85..1), slightly random in centre,
+  axes and rotation;
+- a body: an ellipse just inside it with additive intensity ``v_body - v_skull``, so the skull
+  becomes a bright ring around a body of moderate intensity ``v_body`` (0.2..0.4);
+- 3 to 8 inner ellipses inside the body, with random centres, axes, rotations and additive
+  intensities of either sign (0.1..0.3 in magnitude), like Shepp-Logan's ventricles and tumours.
+
+The sum is clipped to ``[0, 1]``. Each ellipse is tested on a pixel grid through its quadratic
+form ``Q(x, y) <= 1``, written in the six monomials ``x^2, xy, y^2, x, y, 1`` so that all ellipses
+of a batch come from one matrix product; edges are anti-aliased by supersampling and average
+pooling.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from posterior.utils import make_generator
+
+MAX_INNER = 8
+_CHUNK_ELEMENTS = 2**18  # ellipse-by-pixel entries per chunk (1 MB in float32: stays in cache)
+
+
+def _quadratic_coefficients(cx: Tensor, cy: Tensor, a: Tensor, b: Tensor, theta: Tensor) -> Tensor:
+    """Coefficients of ``Q = ((u/a)^2 + (w/b)^2)`` in the monomials ``(x^2, xy, y^2, x, y, 1)``,
+    where ``(u, w)`` are ``(x - cx, y - cy)`` rotated by ``-theta``; shape ``(*cx.shape, 6)``."""
+    c, s = torch.cos(theta), torch.sin(theta)
+    ia, ib = 1 / a**2, 1 / b**2
+    qa = c**2 * ia + s**2 * ib  # coefficient of dx^2
+    qb = 2 * c * s * (ia - ib)  # of dx dy
+    qc = s**2 * ia + c**2 * ib  # of dy^2
+    return torch.stack(
+        [
+            qa,
+            qb,
+            qc,
+            -2 * qa * cx - qb * cy,
+            -qb * cx - 2 * qc * cy,
+            qa * cx**2 + qb * cx * cy + qc * cy**2,
+        ],
+        dim=-1,
+    )
+
+
+def phantoms(n: int, size: int = 32, seed: int | torch.Generator = 0, *, supersample: int = 2) -> Tensor:
+    """Random CT-style ellipse phantoms (see the module docstring).
+
+    Parameters
+    ----------
+    n : int
+        Number of phantoms.
+    size : int
+        Side length in pixels; the field of view is ``[-1, 1]^2``.
+    seed : int or torch.Generator
+        The same seed gives the same phantoms; on CPU, ``phantoms(m, seed=s)`` are the first ``m``
+        of ``phantoms(n, seed=s)`` for ``m <= n``.
+    supersample : int
+        Each pixel is the mean of ``supersample^2`` sub-pixel samples (1: no anti-aliasing).
+
+    Returns
+    -------
+    Tensor, shape (n, 1, size, size), float32 in [0, 1], on the generator's device.
+    """
+    for name, value, low in (("n", n, 0), ("size", size, 1), ("supersample", supersample, 1)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    gen, device = make_generator(seed, "cpu")
+
+    # All random numbers of phantom i come from row i of one uniform draw, so (on CPU) the first
+    # phantoms do not depend on n.
+    k = MAX_INNER
+    u = torch.rand((n, 12 + 7 * k), generator=gen, device=device)
+    uk = u[:, 12:].reshape(n, 7, k)
+
+    def scale(v: Tensor, lo: float, hi: float) -> Tensor:
+        return lo + (hi - lo) * v
+
+    # Skull (outer) and body (inner) ellipses share a rotation; the body is offset a little.
+    cx0, cy0 = scale(u[:, 0], -0.05, 0.05), scale(u[:, 1], -0.05, 0.05)
+    a0, b0 = scale(u[:, 2], 0.62, 0.78), scale(u[:, 3], 0.80, 0.95)
+    theta0 = scale(u[:, 4], -math.pi / 12, math.pi / 12)
+    a1, b1 = a0 - scale(u[:, 5], 0.05, 0.09), b0 - scale(u[:, 6], 0.05, 0.09)  # skull thickness
+    cx1, cy1 = cx0 + scale(u[:, 7], -0.01, 0.01), cy0 + scale(u[:, 8], -0.02, 0.01)
+    v_skull, v_body = scale(u[:, 9], 0.85, 1.0), scale(u[:, 10], 0.2, 0.4)
+    count = 3 + (u[:, 11:12] * (MAX_INNER - 2)).long().clamp(max=MAX_INNER - 3)  # 3..8 inner ellipses
+
+    # Inner ellipses: centres within 70% of the body (in its own axes), log-uniform axes.
+    radius, phi = 0.7 * torch.sqrt(uk[:, 0]), scale(uk[:, 1], 0.0, 2 * math.pi)
+    du, dw = radius * a1[:, None] * torch.cos(phi), radius * b1[:, None] * torch.sin(phi)
+    c0, s0 = torch.cos(theta0)[:, None], torch.sin(theta0)[:, None]
+    cxk, cyk = cx1[:, None] + c0 * du - s0 * dw, cy1[:, None] + s0 * du + c0 * dw
+    ak = torch.exp(scale(uk[:, 2], math.log(0.04), math.log(0.3)))
+    bk = torch.exp(scale(uk[:, 3], math.log(0.04), math.log(0.3)))
+    thetak = scale(uk[:, 4], 0.0, math.pi)
+    vk = torch.where(uk[:, 5] < 0.5, -1.0, 1.0) * scale(uk[:, 6], 0.1, 0.3)
+    vk = vk * (torch.arange(k, device=device) < count)  # unused slots contribute nothing
+
+    coeff = torch.cat(
+        [
+            _quadratic_coefficients(cx0, cy0, a0, b0, theta0)[:, None],
+            _quadratic_coefficients(cx1, cy1, a1, b1, theta0)[:, None],
+            _quadratic_coefficients(cxk, cyk, ak, bk, thetak),
+        ],
+        dim=1,
+    )  # (n, 2 + k, 6)
+
+    fine = size * supersample
+    r = (2 * torch.arange(fine, device=device, dtype=torch.float32) + 1) / fine - 1  # pixel centres
+    y, x = torch.meshgrid(r, r, indexing="ij")  # rows run along y, columns along x
+    x, y = x.reshape(-1), y.reshape(-1)
+    basis = torch.stack([x * x, x * y, y * y, x, y, torch.ones_like(x)])  # (6, P)
+
+    out = torch.empty(n, 1, size, size, device=device)
+    chunk = max(1, _CHUNK_ELEMENTS // ((2 + k) * fine * fine))
+    for i in range(0, n, chunk):
+        j = min(n, i + chunk)
+        inside = (coeff[i:j] @ basis).le_(1.0)  # (m, 2 + k, P), 1.0 inside, 0.0 outside
+        skull, body = inside[:, 0], inside[:, 1]
+        inner = (vk[i:j, None, :] @ inside[:, 2:]).squeeze(1)  # (m, P)
+        img = v_skull[i:j, None] * skull + body * (v_body[i:j, None] - v_skull[i:j, None] + inner)
+        img = img.reshape(j - i, 1, fine, fine)
+        if supersample > 1:
+            img = F.avg_pool2d(img, supersample)
+        out[i:j] = img.clamp(0.0, 1.0)
+    return out
+
+
+def shepp_logan(size: int = 32) -> Tensor:
+    """The (modified) Shepp-Logan phantom bundled with scikit-image (400x400), area-downsampled.
+
+    Parameters
+    ----------
+    size : int
+        Side length in pixels.
+
+    Returns
+    -------
+    Tensor, shape (1, 1, size, size), float32, rescaled to span [0, 1].
+    """
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ValueError(f"size must be a positive int, got {size!r}")
+    try:
+        from skimage.data import shepp_logan_phantom
+    except ImportError as err:
+        raise ImportError(
+            "posterior.data.shepp_logan needs scikit-image: pip install 'posterior[data]'"
+        ) from err
+    x = torch.as_tensor(shepp_logan_phantom(), dtype=torch.float64)[None, None]
+    mode = "area" if size <= x.shape[-1] else "bilinear"
+    x = F.interpolate(x, size=(size, size), mode=mode)
+    x = (x - x.min()) / (x.max() - x.min())
+    return x.to(torch.float32).clamp(0.0, 1.0)

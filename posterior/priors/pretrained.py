@@ -1,0 +1,86 @@
+"""Bundled pretrained priors, loaded offline from safetensors files inside the package.
+
+=============  ==============================================================================
+name           what it is
+=============  ==============================================================================
+``digits``     16x16 handwritten digits (scikit-learn's digits, upsampled), values in [0, 1]
+``phantoms``   32x32 CT-style ellipse phantoms (procedural), values in [0, 1]
+=============  ==============================================================================
+
+Each has a noise-level classifier (:func:`noise_classifier`). Recipes, parameter counts, training
+commands and measured quality are in each file's metadata (:func:`info`) and in ``docs/priors.md``;
+``posterior train NAME`` retrains one (see :mod:`posterior.priors.training`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from posterior.priors.network import NetworkPrior
+from posterior.priors.noise_level import NoiseLevelClassifier
+from posterior.priors.training import FORMAT_CLASSIFIER, FORMAT_PRIOR, build_prior
+from posterior.priors.unet import UNet
+
+WEIGHTS = Path(__file__).parent / "weights"
+NAMES = ("digits", "phantoms")
+
+
+def _resolve(name_or_path: str | os.PathLike, suffix: str) -> Path:
+    if str(name_or_path) in NAMES:
+        return WEIGHTS / f"{name_or_path}{suffix}.safetensors"
+    path = Path(name_or_path)
+    if not path.exists():
+        raise ValueError(
+            f"unknown prior {str(name_or_path)!r}: expected one of {NAMES} or a path to a weight file"
+        )
+    return path
+
+
+def _read(path: Path, expected_format: str) -> tuple[dict, dict]:
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing; retrain it with `posterior train`")
+    with safe_open(str(path), framework="pt") as f:
+        meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+        if meta.get("format") != expected_format:
+            raise ValueError(f"{path} is not a {expected_format} file")
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    return meta, tensors
+
+
+def info(name_or_path: str | os.PathLike) -> dict:
+    """Metadata of a bundled prior: data recipe, network, training command, quality figures."""
+    return _read(_resolve(name_or_path, ""), FORMAT_PRIOR)[0]
+
+
+def pretrained(
+    name_or_path: str | os.PathLike, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> NetworkPrior:
+    """Load a bundled prior by name (``"digits"``, ``"phantoms"``) or a weight file written by ``posterior train``.
+
+    Returns a :class:`NetworkPrior` (EDM preconditioning) in evaluation mode with frozen parameters;
+    gradients still flow to its inputs.
+    """
+    meta, tensors = _read(_resolve(name_or_path, ""), FORMAT_PRIOR)
+    unet = meta["unet"]
+    net = UNet(unet["channels"], unet["widths"], unet["blocks"], unet["emb_dim"])
+    net.load_state_dict(tensors)
+    net = net.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    return build_prior(net, meta)
+
+
+def noise_classifier(
+    name_or_path: str | os.PathLike, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> NoiseLevelClassifier:
+    """The noise-level classifier bundled with a prior (``p(sigma index | x)`` on its log-uniform grid)."""
+    path = _resolve(name_or_path, "-noise") if str(name_or_path) in NAMES else Path(name_or_path)
+    meta, tensors = _read(path, FORMAT_CLASSIFIER)
+    config = meta["config"]
+    classifier = NoiseLevelClassifier(config["channels"], tensors["sigmas"], config["width"])
+    classifier.load_state_dict(tensors)
+    classifier.held_out_accuracy = meta.get("held_out_accuracy")
+    return classifier.to(device=device, dtype=dtype).eval().requires_grad_(False)
