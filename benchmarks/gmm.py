@@ -23,7 +23,6 @@ Prints a table and writes JSON (``--out``). Never asserts on time.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ import operators as ops
 import posterior as post
 from posterior import metrics
 from posterior.priors import GaussianMixture
+from posterior.utils import write_json
 
 
 @dataclass
@@ -53,6 +53,8 @@ SAMPLERS = {
     "oracle": OracleAncestral,
     "dps": lambda steps: post.samplers.DPS(steps=steps, guidance="residual", step_size=1.0),
     "dps-likelihood": lambda steps: post.samplers.DPS(steps=steps, guidance="likelihood", step_size=1.0),
+    "reddiff-point": lambda steps: post.samplers.RedDiff(steps=steps, mode="point"),
+    "reddiff-gaussian": lambda steps: post.samplers.RedDiff(steps=steps, mode="gaussian"),
 }
 
 
@@ -156,10 +158,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     f"{r['mode_tv']:>8.3f} {r['mean_err']:>9.3f} {r['wall_time']:>7.2f}",
                     flush=True,
                 )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=1)
-    )
+    write_json(args.out, {"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows})
     print(f"\n{len(rows)} runs in {time.perf_counter() - start:.0f} s; JSON written to {args.out}")
     return rows
 

@@ -14,7 +14,6 @@ Prints a table and writes JSON and PNGs. Never asserts.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -24,9 +23,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from posterior import metrics  # noqa: E402
+from posterior import metrics
 from posterior.priors import Gaussian, noise_classifier, pretrained  # noqa: E402
 from posterior.priors.training import RECIPES, classifier_accuracy  # noqa: E402
+from posterior.utils import atomic_write, write_json  # noqa: E402
 
 SIGMAS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 
@@ -63,8 +63,7 @@ def save_grid(images: torch.Tensor, path: Path, title: str) -> None:
             ax.imshow(images[i, 0].clamp(0, 1).numpy(), cmap="gray", vmin=0, vmax=1)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
 
 
@@ -136,8 +135,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             f"noise-level classifier: exact {c['exact']:.2f}, within one level {c['within_one_level']:.2f}, "
             f"RMS log-sigma error {c['rms_log_sigma_error']:.3f}"
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(rows, indent=1))
+    write_json(args.out, rows)
     print(f"\nJSON written to {args.out}; sample grids in {args.docs}")
     return rows
 

@@ -37,6 +37,21 @@ def like(t: Tensor, x: Tensor) -> Tensor:
     return t.to(device=x.device, dtype=dtype)
 
 
+def binary_mask(mask: Tensor, name: str) -> Tensor:
+    """``mask`` as bool; a ``ValueError`` naming ``name`` if it is not binary or has no ``True`` entry."""
+    if not isinstance(mask, Tensor):
+        mask = torch.as_tensor(mask)
+    if mask.dim() == 0:
+        raise ValueError(f"{name} must have at least one dimension, got a scalar")
+    if mask.dtype != torch.bool:
+        if mask.is_complex() or not ((mask == 0) | (mask == 1)).all():
+            raise ValueError(f"{name} must be boolean or contain only 0 and 1, got values other than 0/1")
+        mask = mask != 0
+    if not mask.any():
+        raise ValueError(f"{name} observes nothing: it has no True (or 1) entry")
+    return mask
+
+
 def check_batch(x: Tensor, shape: Shape, name: str) -> None:
     """Raise a ``ValueError`` unless ``x`` has shape ``(n, *shape)``."""
     if not isinstance(x, Tensor):
@@ -166,8 +181,12 @@ class SVD:
     vt: Callable[[Tensor], Tensor]
 
 
-def dense_svd(matrix: Tensor, in_shape: Shape, out_shape: Shape, rtol: float = 1e-10) -> SVD:
-    """SVD maps of a dense ``(prod(out_shape), prod(in_shape))`` matrix, dropping singular values below ``rtol * s_max``."""
+def dense_svd(matrix: Tensor, in_shape: Shape, out_shape: Shape, rtol: float | None = None) -> SVD:
+    """SVD maps of a dense ``(prod(out_shape), prod(in_shape))`` matrix, dropping singular values below
+    ``rtol * s_max`` (default ``max(m, d) * eps`` of the matrix's dtype, as ``numpy.linalg.pinv`` does:
+    round-off singular values must not be inverted)."""
+    if rtol is None:
+        rtol = max(matrix.shape) * torch.finfo(matrix.dtype).eps
     U, s, Vh = torch.linalg.svd(matrix, full_matrices=False)
     keep = s > rtol * s.max() if s.numel() else s > 0
     U, s, Vh = U[:, keep], s[keep], Vh[keep]

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import SVD, LinearOperator, as_shape, check_batch, like
+from .base import SVD, LinearOperator, as_shape, binary_mask, check_batch, like
 
 _BOUNDARIES = ("circular", "reflect")
 
@@ -23,21 +23,6 @@ def _image_shape(shape: Sequence[int], name: str) -> tuple[int, int, int]:
     if len(shape) != 3:
         raise ValueError(f"{name} must be an image shape (C, H, W), got {shape}")
     return shape  # type: ignore[return-value]
-
-
-def _binary_mask(mask: Tensor, name: str) -> Tensor:
-    """``mask`` as bool; a ``ValueError`` naming ``name`` if it is not binary or has no ``True`` entry."""
-    if not isinstance(mask, Tensor):
-        mask = torch.as_tensor(mask)
-    if mask.dim() == 0:
-        raise ValueError(f"{name} must have at least one dimension, got a scalar")
-    if mask.dtype != torch.bool:
-        if mask.is_complex() or not ((mask == 0) | (mask == 1)).all():
-            raise ValueError(f"{name} must be boolean or contain only 0 and 1, got values other than 0/1")
-        mask = mask != 0
-    if not mask.any():
-        raise ValueError(f"{name} observes nothing: it has no True (or 1) entry")
-    return mask
 
 
 class Inpainting(LinearOperator):
@@ -53,7 +38,7 @@ class Inpainting(LinearOperator):
     """
 
     def __init__(self, mask: Tensor):
-        mask = _binary_mask(mask, "mask")
+        mask = binary_mask(mask, "mask")
         super().__init__(mask.shape, mask.shape)
         self.mask = mask
         self._observed = mask.flatten().nonzero().squeeze(1)  # (r,) flat indices of observed pixels

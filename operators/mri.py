@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .base import LinearOperator, check_batch, like
+from .base import LinearOperator, binary_mask, check_batch, like
 
 
 class MRI(LinearOperator):
@@ -34,16 +34,9 @@ class MRI(LinearOperator):
     """
 
     def __init__(self, mask: Tensor, coils: Tensor | None = None):
-        if not isinstance(mask, Tensor):
-            mask = torch.as_tensor(mask)
+        mask = binary_mask(mask, "mask")
         if mask.dim() != 2:
             raise ValueError(f"mask must be a 2-D k-space mask (H, W), got shape {tuple(mask.shape)}")
-        if mask.dtype != torch.bool:
-            if mask.is_complex() or not ((mask == 0) | (mask == 1)).all():
-                raise ValueError("mask must be boolean or contain only 0 and 1")
-            mask = mask != 0
-        if not mask.any():
-            raise ValueError("mask samples no k-space location: it has no True (or 1) entry")
         H, W = mask.shape
         if coils is not None:
             if not isinstance(coils, Tensor) or coils.dim() != 3 or tuple(coils.shape[1:]) != (H, W):

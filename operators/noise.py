@@ -36,16 +36,18 @@ def positive_parameter(value: float | Tensor, name: str) -> Tensor:
 
 
 @contextmanager
-def seeded_global_rng(generator: torch.Generator | None, device: torch.device):
+def seeded_global_rng(generator: torch.Generator | None):
     """Run code that draws from torch's global RNG (Pyro, some distributions) reproducibly.
 
-    The global RNG state is saved, seeded from ``generator`` (advancing it), and restored afterwards.
+    The global RNG states (CPU and every CUDA device, since ``torch.manual_seed`` seeds them all) are
+    saved, seeded from ``generator`` (advancing it), and restored afterwards.
     """
     if generator is None:
         yield
         return
     seed = int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    cuda_devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=cuda_devices):
         torch.manual_seed(seed)
         yield
 
@@ -173,7 +175,7 @@ class StudentTNoise(NoiseModel):
         return sum_event(dist.log_prob(broadcast_y(y, Ax)))
 
     def sample(self, Ax: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        with seeded_global_rng(generator, Ax.device):
+        with seeded_global_rng(generator):
             dist = StudentT(like(self.df, Ax), Ax, like(self.scale, Ax))
             return dist.sample()
 
@@ -238,6 +240,6 @@ class PyroLikelihood(NoiseModel):
     def sample(self, Ax: Tensor, generator: torch.Generator | None = None) -> Tensor:
         from pyro import poutine
 
-        with seeded_global_rng(generator, Ax.device):
+        with seeded_global_rng(generator):
             tr = poutine.trace(poutine.uncondition(self.model)).get_trace(Ax)
         return tr.nodes[self.site]["value"].detach()

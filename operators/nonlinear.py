@@ -36,8 +36,8 @@ class PhaseRetrieval(Operator):
             raise ValueError(f"shape must be an image shape (C, H, W), got {shape}")
         if not oversampling >= 1.0 or not math.isfinite(oversampling):
             raise ValueError(f"oversampling must be a finite number >= 1, got {oversampling}")
-        if not eps >= 0:
-            raise ValueError(f"eps must be non-negative, got {eps}")
+        if not eps > 0:
+            raise ValueError(f"eps must be > 0 (it keeps the gradient finite at zero magnitude), got {eps}")
         C, H, W = shape
         self.padded = (math.ceil(H * oversampling), math.ceil(W * oversampling))
         super().__init__(shape, (C, *self.padded))

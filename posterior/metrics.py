@@ -23,9 +23,15 @@ def _flat(x: Tensor, name: str) -> Tensor:
 
 
 def _quantiles(sorted_proj: Tensor, levels: Tensor) -> Tensor:
-    """Empirical quantile function (left-continuous inverse CDF) of sorted columns at ``levels``."""
+    """Empirical quantile function (left-continuous inverse CDF) of sorted columns at ``levels``.
+
+    The index is found by searching the CDF grid ``k / n`` built by the same division as ``levels``,
+    so that a level equal to a grid point is matched exactly (``ceil(level * n)`` is off by one when
+    ``level * n`` rounds up, e.g. ``0.07 * 100``).
+    """
     n = sorted_proj.shape[0]
-    idx = torch.clamp(torch.ceil(levels * n).long() - 1, 0, n - 1)
+    grid = torch.arange(1, n + 1, dtype=torch.float64, device=levels.device) / n
+    idx = torch.searchsorted(grid, levels).clamp(max=n - 1)
     return sorted_proj[idx]
 
 

@@ -114,7 +114,7 @@ class PosteriorSamples:
         Tensor, shape event_shape for a float ``q``, else (k, *event_shape)
         """
         q_t = torch.as_tensor(q, dtype=torch.float64, device=self.samples.device)
-        if bool(((q_t < 0) | (q_t > 1)).any()):
+        if not bool(((q_t >= 0) & (q_t <= 1)).all()):  # also rejects NaN
             raise ValueError(f"q must lie in [0, 1], got {q}")
         x = self.flat().reshape(self.chains * self.draws, -1)
         order = torch.argsort(x, dim=0)

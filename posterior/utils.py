@@ -50,3 +50,22 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def randn(
+    shape, generator: torch.Generator | None, dtype: torch.dtype, device: torch.device | str
+) -> torch.Tensor:
+    """Standard normal draws from ``generator`` (on the generator's own device), moved to ``device``.
+
+    A CPU generator then drives a CUDA run reproducibly, and the same seed gives the same draws.
+    """
+    source = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, dtype=dtype, device=source).to(device)
+
+
+def write_json(path: str | os.PathLike, obj) -> Path:
+    """Write ``obj`` as indented JSON, atomically."""
+    import json
+
+    text = json.dumps(obj, indent=1, default=str)
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))

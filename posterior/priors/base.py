@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from posterior.priors.integrators import ancestral_step, heun_step, sigma_grid
-from posterior.utils import make_generator, progress_bar
+from posterior.utils import make_generator, progress_bar, randn
 
 
 def sigma_tensor(sigma: float | Tensor, x: Tensor) -> Tensor:
@@ -90,9 +90,9 @@ class DiffusionPrior:
             Number of draws.
         steps : int
             Number of noise levels on the EDM grid (``rho``) from ``sigma_max`` to ``sigma_min``.
-            ``method="heun"`` (Karras et al. 2022, deterministic probability-flow ODE, 2 NFE per step
-            except the last) or ``"ancestral"`` (stochastic DDPM-type step, 1 NFE per step).
-            Both end with a final denoising step at ``sigma_min``.
+            ``method="heun"`` (Karras et al. 2022, deterministic probability-flow ODE, 2 NFE per step)
+            or ``"ancestral"`` (stochastic DDPM-type step, 1 NFE per step). Both end with a final
+            denoising step at ``sigma_min`` (1 NFE).
 
         Returns
         -------
@@ -100,10 +100,11 @@ class DiffusionPrior:
         """
         if method not in ("heun", "ancestral"):
             raise ValueError(f"method must be 'heun' or 'ancestral', got {method!r}")
-        gen, device = make_generator(seed, device if device is not None else self.device)
+        device = device if device is not None else self.device
+        gen, _ = make_generator(seed, device)
         dtype = dtype or self.dtype
         sigmas = sigma_grid(self.sigma_min, self.sigma_max, steps, rho=rho, dtype=dtype, device=device)
-        x = sigmas[0] * torch.randn(n, *self.event_shape, generator=gen, dtype=dtype, device=device)
+        x = sigmas[0] * randn((n, *self.event_shape), gen, dtype, device)
         with torch.no_grad():
             for i in progress_bar(range(len(sigmas) - 1), progress, "prior sample"):
                 if method == "heun":

@@ -7,6 +7,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from posterior.utils import randn
+
 
 def sigma_grid(
     sigma_min: float,
@@ -48,7 +50,7 @@ def ancestral_step(
     ``sigma`` and ``sigma_next`` are floats or tensors broadcastable to ``x``.
     """
     ratio = (sigma_next / sigma) ** 2
-    noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    noise = randn(x.shape, generator, x.dtype, x.device)
     return x0_hat + ratio * (x - x0_hat) + sigma_next * (1 - ratio) ** 0.5 * noise
 
 

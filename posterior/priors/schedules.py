@@ -42,7 +42,7 @@ class VPSchedule(Schedule):
 
     ``discrete=True`` is a DDPM-style table of ``num_steps`` levels indexed by ``t = 0..num_steps-1``;
     ``t(sigma)`` then interpolates a fractional index linearly in ``log sigma`` between table entries.
-    ``discrete=False`` is continuous time ``t`` in ``[t_min, 1]``, fed to the network multiplied
+    ``discrete=False`` is continuous time ``t`` in ``[t_min, t_max]``, fed to the network multiplied
     by ``time_scale`` (e.g. 999 for networks trained on ``1000 t``).
     """
 
@@ -59,9 +59,14 @@ class VPSchedule(Schedule):
         beta_max: float = 20.0,
         s: float = 0.008,
         t_min: float = 1e-3,
+        t_max: float = 1.0,
     ):
         if kind not in ("linear", "cosine"):
             raise ValueError(f"kind must be 'linear' or 'cosine', got {kind!r}")
+        if discrete and num_steps < 2:
+            raise ValueError(f"num_steps must be >= 2, got {num_steps}")
+        if not time_scale > 0:
+            raise ValueError(f"time_scale must be > 0, got {time_scale}")
         self.kind, self.discrete, self.num_steps, self.time_scale = kind, discrete, num_steps, time_scale
         self.beta_min, self.beta_max, self.s = beta_min, beta_max, s
         if discrete:
@@ -81,9 +86,11 @@ class VPSchedule(Schedule):
             self.sigma_min = math.exp(float(self.log_sigmas[0]))
             self.sigma_max = math.exp(float(self.log_sigmas[-1]))
         else:
-            self.t_min = t_min
-            self.sigma_min = float(self.sigma_of_t(torch.tensor(t_min, dtype=torch.float64)))
-            self.sigma_max = float(self.sigma_of_t(torch.tensor(1.0, dtype=torch.float64)))
+            if not 0 < t_min < t_max <= 1:
+                raise ValueError(f"need 0 < t_min < t_max <= 1, got t_min={t_min}, t_max={t_max}")
+            self.t_min, self.t_max = t_min, t_max
+            self.sigma_min = float(self.sigma_of_t(torch.tensor(t_min * time_scale, dtype=torch.float64)))
+            self.sigma_max = float(self.sigma_of_t(torch.tensor(t_max * time_scale, dtype=torch.float64)))
 
     @classmethod
     def linear(
@@ -107,10 +114,19 @@ class VPSchedule(Schedule):
 
     @classmethod
     def cosine(
-        cls, *, discrete: bool = True, num_steps: int = 1000, s: float = 0.008, time_scale: float = 1.0
+        cls,
+        *,
+        discrete: bool = True,
+        num_steps: int = 1000,
+        s: float = 0.008,
+        time_scale: float = 1.0,
+        t_max: float = 0.999,
     ) -> VPSchedule:
-        """Cosine ``alpha_bar`` of Nichol & Dhariwal (2021) with offset ``s``."""
-        return cls("cosine", discrete=discrete, num_steps=num_steps, s=s, time_scale=time_scale)
+        """Cosine ``alpha_bar`` of Nichol & Dhariwal (2021) with offset ``s``.
+
+        ``alpha_bar(1) = 0``, so continuous time stops at ``t_max`` (default 0.999: ``sigma_max`` ~ 640).
+        """
+        return cls("cosine", discrete=discrete, num_steps=num_steps, s=s, time_scale=time_scale, t_max=t_max)
 
     def _cosine_alpha_bar(self, t: Tensor) -> Tensor:
         f = torch.cos((t + self.s) / (1 + self.s) * math.pi / 2) ** 2
@@ -126,10 +142,9 @@ class VPSchedule(Schedule):
             log_s = (1 - frac) * table[lo] + frac * table[lo + 1]
             return torch.exp(log_s).to(t.dtype if t.is_floating_point() else torch.float64)
         t = torch.as_tensor(t) / self.time_scale
-        if self.kind == "linear":
-            alpha_bar = torch.exp(-(self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2))
-        else:
-            alpha_bar = self._cosine_alpha_bar(t)
+        if self.kind == "linear":  # sigma^2 = 1 / alpha_bar - 1 = expm1(-log alpha_bar), exact at small t
+            return torch.sqrt(torch.expm1(self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2))
+        alpha_bar = self._cosine_alpha_bar(t)
         return torch.sqrt((1 - alpha_bar) / alpha_bar)
 
     def t(self, sigma: Tensor) -> Tensor:

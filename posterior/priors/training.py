@@ -1,11 +1,14 @@
 """Training the bundled priors: denoising score matching with EMA, and the noise-level classifier.
 
 Denoising score matching in EDM form (Karras et al. 2022, section 5): ``sigma ~ LogNormal(P_mean,
-P_std)``, loss ``lambda(sigma) ||D(x0 + sigma eps; sigma) - x0||^2`` with
+P_std)``, mixed with probability ``p_uniform`` with a log-uniform draw over the whole range
+``[sigma_min, sigma_max]`` (EDM's log-normal alone almost never visits ``sigma > 3``, where a first
+training run then denoised worse than a Gaussian fitted to the data), loss ``lambda(sigma) ||D(x0 + sigma eps; sigma) - x0||^2`` with
 ``lambda = (sigma^2 + sd^2) / (sigma sd)^2``, Adam with a linear warm-up, and an exponential moving
 average of the weights (the EMA weights are the ones shipped). Checkpoints (weights, EMA, optimiser,
 RNG state and step) are written atomically every ``checkpoint_every`` steps; ``resume=True``
-continues from the last one, bit-identically on the same device.
+continues from the last one, bit-identically on the CPU (on CUDA only with
+``torch.use_deterministic_algorithms(True)``, since some convolution gradients are not deterministic).
 
 Recipes (data, network size, noise range, steps) are in :data:`RECIPES`; ``posterior train NAME``
 runs one and writes the weight files that :func:`posterior.priors.pretrained` loads.
@@ -17,6 +20,7 @@ import copy
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import cache
@@ -87,6 +91,7 @@ class Recipe:
     sigma_max: float = 80.0
     p_mean: float = -1.2
     p_std: float = 1.2
+    p_uniform: float = 0.25
     ema_decay: float = 0.999
     classifier_levels: int = 40
     classifier_sigma_min: float = 0.01
@@ -104,6 +109,7 @@ RECIPES = {
         widths=(32, 64, 64),
         steps=3000,
         batch_size=64,
+        classifier_steps=3000,
     ),
     "phantoms": Recipe(
         name="phantoms",
@@ -113,7 +119,7 @@ RECIPES = {
         held_out=_phantoms_held_out,
         event_shape=(1, 32, 32),
         widths=(16, 32, 64, 64),
-        steps=3000,
+        steps=4000,
         batch_size=32,
     ),
 }
@@ -129,7 +135,11 @@ def build_prior(net: UNet, recipe_or_meta) -> NetworkPrior:
 def denoising_loss(prior: NetworkPrior, x0: Tensor, recipe: Recipe, generator: torch.Generator) -> Tensor:
     """EDM's weighted denoising loss on a batch ``x0`` of shape ``(n, *event_shape)`` (a scalar)."""
     n = x0.shape[0]
-    sigma = torch.exp(recipe.p_mean + recipe.p_std * torch.randn(n, generator=generator)).to(x0)
+    log_normal = recipe.p_mean + recipe.p_std * torch.randn(n, generator=generator)
+    lo, hi = math.log(recipe.sigma_min), math.log(recipe.sigma_max)
+    log_uniform = lo + (hi - lo) * torch.rand(n, generator=generator)
+    uniform = torch.rand(n, generator=generator) < recipe.p_uniform
+    sigma = torch.exp(torch.where(uniform, log_uniform, log_normal)).to(x0)
     noise = torch.randn(x0.shape, generator=generator).to(x0) * sigma.reshape(-1, 1, 1, 1)
     sd = recipe.sigma_data
     weight = (sigma**2 + sd**2) / (sigma * sd) ** 2
@@ -141,7 +151,8 @@ def _save_checkpoint(path: Path, state: dict) -> None:
 
 
 def _load_checkpoint(path: Path) -> dict:
-    return torch.load(path, weights_only=True)  # tensors and plain containers only; never a pickle of code
+    # tensors and plain containers only (never a pickle of code); on the CPU first, wherever it was written
+    return torch.load(path, weights_only=True, map_location="cpu")
 
 
 def _save_weights(path: Path, module: nn.Module, metadata: dict) -> None:
@@ -165,14 +176,27 @@ def _train_loop(
     resume: bool,
     progress: bool,
     desc: str,
+    run: dict,
 ) -> tuple[nn.Module, list[float]]:
-    """Adam with linear warm-up over 200 steps, optional EMA, atomic checkpoints; returns (EMA or model, losses)."""
+    """Adam with linear warm-up over 200 steps, optional EMA, atomic checkpoints; returns (EMA or model, losses).
+
+    ``run`` (recipe, seed, lr, ...) is stored in the checkpoint; resuming a checkpoint of another run,
+    or one already past ``steps``, raises.
+    """
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
     generator, _ = make_generator(seed, "cpu")
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     ema = copy.deepcopy(model).requires_grad_(False) if ema_decay is not None else None
     start, losses = 0, []
+    if resume and not checkpoint.exists():
+        warnings.warn(f"resume=True but {checkpoint} does not exist; training from scratch", stacklevel=3)
     if resume and checkpoint.exists():
         state = _load_checkpoint(checkpoint)
+        if state.get("run") != run:
+            raise ValueError(f"{checkpoint} belongs to another run: {state.get('run')} != {run}")
+        if int(state["step"]) > steps:
+            raise ValueError(f"{checkpoint} is at step {state['step']}, past the requested steps={steps}")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if ema is not None:
@@ -194,7 +218,12 @@ def _train_loop(
                 for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
                     p_ema.lerp_(p, 1 - ema_decay)
         if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step + 1}
+            state = {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "step": step + 1,
+                "run": run,
+            }
             state.update(generator=generator.get_state(), losses=losses)
             if ema is not None:
                 state["ema"] = ema.state_dict()
@@ -236,6 +265,7 @@ def train_prior(
         resume=resume,
         progress=progress,
         desc=f"train {name}",
+        run={"recipe": name, "kind": "prior", "seed": seed, "lr": recipe.lr, "batch_size": recipe.batch_size},
     )
     meta = {k: v for k, v in asdict(recipe).items() if not callable(v)}
     meta.update(
@@ -313,6 +343,7 @@ def train_noise_classifier(
         resume=resume,
         progress=progress,
         desc=f"train {name} noise classifier",
+        run={"recipe": name, "kind": "classifier", "seed": seed, "lr": 1e-3, "batch_size": 128},
     )
     accuracy = classifier_accuracy(trained, recipe.held_out().to(device), torch.Generator().manual_seed(1))
     meta = {

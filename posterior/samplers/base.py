@@ -25,7 +25,11 @@ class CountingPrior:
         self.nfe += 1
         return self.prior.denoise(x, sigma)
 
-    def __getattr__(self, name):
+    def score(self, x: Tensor, sigma: float | Tensor) -> Tensor:
+        self.nfe += 1
+        return self.prior.score(x, sigma)
+
+    def __getattr__(self, name):  # event_shape, sigma_min, sigma_max, ...; sample() is not for samplers
         return getattr(self.prior, name)
 
 
@@ -120,6 +124,15 @@ class Sampler:
         if tuple(problem.in_shape) != tuple(prior.event_shape):
             raise ValueError(
                 f"operator.in_shape {problem.in_shape} does not match prior.event_shape {prior.event_shape}"
+            )
+        if prior.dtype != problem.y.dtype:
+            raise TypeError(
+                f"prior has dtype {prior.dtype} but y has dtype {problem.y.dtype}; convert one of them "
+                "(e.g. pretrained(..., dtype=...), GaussianMixture.to(dtype=...), or y.to(...))"
+            )
+        if torch.device(prior.device).type != problem.y.device.type:
+            raise ValueError(
+                f"prior is on device {prior.device} but y is on {problem.y.device}; use one device"
             )
         n = chains * num_samples
         if problem.batched and problem.y.shape[0] != n:

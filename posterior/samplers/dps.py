@@ -34,7 +34,7 @@ import torch
 
 from posterior.priors.integrators import ancestral_step, sigma_grid
 from posterior.samplers.base import Sampler, check_finite, tweedie_guidance
-from posterior.utils import progress_bar
+from posterior.utils import progress_bar, randn
 
 
 @dataclass
@@ -68,6 +68,8 @@ class DPS(Sampler):
             raise ValueError(f"steps must be >= 2, got {self.steps}")
         if not self.step_size > 0:
             raise ValueError(f"step_size must be > 0, got {self.step_size}")
+        if not self.rho > 0:
+            raise ValueError(f"rho must be > 0, got {self.rho}")
 
     def run(self, problem, prior, chains, num_samples, generator, progress, callback):
         x_shape = (chains * num_samples, *prior.event_shape)
@@ -76,7 +78,7 @@ class DPS(Sampler):
             prior.sigma_min, prior.sigma_max, self.steps, rho=self.rho, dtype=dtype, device=device
         )
         sigmas = torch.cat([sigmas, sigmas.new_zeros(1)])
-        x = sigmas[0] * torch.randn(x_shape, generator=generator, dtype=dtype, device=device)
+        x = sigmas[0] * randn(x_shape, generator, dtype, device)
         for i in progress_bar(range(self.steps), progress, "DPS"):
             sigma, sigma_next = sigmas[i], sigmas[i + 1]
             x0_hat, grad = tweedie_guidance(problem, prior, x, sigma, self.guidance)

@@ -31,6 +31,21 @@ def test_schedule_t_inverts_sigma(schedule):
     torch.testing.assert_close(schedule.sigma_of_t(schedule.t(sigma)), sigma, rtol=1e-6, atol=0)
 
 
+@pytest.mark.parametrize(
+    "schedule, sigma_min, sigma_max",
+    [
+        # VP-SDE: alpha_bar(t) = exp(-(0.1 t + 9.95 t^2)); sigma = sqrt(1/alpha_bar - 1) at t = 1e-3 and 1
+        (VPSchedule.linear(discrete=False), 0.010486, 152.167),
+        (VPSchedule.linear(discrete=False, time_scale=999.0), 0.010486, 152.167),  # same range, scaled input
+        # cosine, s = 0.008: alpha_bar(t) = cos^2((t+s)/(1+s) pi/2) / cos^2(s/(1+s) pi/2) at 1e-3 and 0.999
+        (VPSchedule.cosine(discrete=False), 0.0064254, 641.662),
+    ],
+)
+def test_continuous_schedule_range(schedule, sigma_min, sigma_max):
+    assert schedule.sigma_min == pytest.approx(sigma_min, rel=1e-4)
+    assert schedule.sigma_max == pytest.approx(sigma_max, rel=1e-4)
+
+
 def test_ddpm_linear_schedule_range():
     # Ho et al. 2020: betas 1e-4..0.02 over 1000 steps give alpha_bar_T ~ 4e-5, i.e. sigma_max ~ 157.
     schedule = VPSchedule.linear(discrete=True)
