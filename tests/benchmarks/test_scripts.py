@@ -1,0 +1,63 @@
+"""Smoke tests of the benchmark scripts at tiny settings, so that they do not rot between releases."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).parents[2] / "benchmarks"
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gmm_benchmark(tmp_path, capsys):
+    out = tmp_path / "gmm.json"
+    rows = load("gmm").main(
+        [
+            "oracle",
+            "dps",
+            "reddiff-gaussian",
+            "--steps",
+            "5",
+            "--num-samples",
+            "40",
+            "--quick",
+            "--out",
+            str(out),
+            "--markdown",
+        ]
+    )
+    assert len(rows) == 6 * 3
+    assert json.loads(out.read_text())["rows"][0]["sampler"] == "oracle"
+    assert all(r["sw_over_floor"] > 0 for r in rows)
+    assert "| problem | sampler | 5 steps |" in capsys.readouterr().out
+
+
+def test_images_benchmark(tmp_path):
+    pytest.importorskip("sklearn")
+    rows = load("images").main(
+        [
+            "dps",
+            "reddiff",
+            "--steps",
+            "3",
+            "--images",
+            "2",
+            "--draws",
+            "2",
+            "--tasks",
+            "inpainting",
+            "--out",
+            str(tmp_path / "images.json"),
+        ]
+    )
+    assert [r["sampler"] for r in rows] == ["dps", "reddiff"]
+    assert all(r["psnr_mean"] > 0 for r in rows)
