@@ -1,0 +1,99 @@
+"""The bundled priors: offline loading, denoising quality against a fitted Gaussian, noise classifiers."""
+
+import pytest
+import torch
+
+from posterior.priors import Gaussian, NetworkPrior, info, noise_classifier, pretrained
+from posterior.priors.training import RECIPES, classifier_accuracy
+
+pytest.importorskip("sklearn")  # the digits' held-out images come from scikit-learn
+NAMES = ["digits", "phantoms"]
+
+
+@pytest.fixture(scope="module", params=NAMES)
+def bundle(request):
+    name = request.param
+    recipe = RECIPES[name]
+    return name, pretrained(name), recipe.held_out(), recipe.batch(2000, torch.Generator().manual_seed(5))
+
+
+def test_loads_offline_with_metadata(bundle):
+    name, prior, held_out, _ = bundle
+    assert isinstance(prior, NetworkPrior)
+    assert prior.event_shape == tuple(RECIPES[name].event_shape)
+    assert not any(p.requires_grad for p in prior.net.parameters())
+    meta = info(name)
+    assert meta["command"].startswith(f"posterior train {name}")
+    assert 1e5 < meta["parameters"] < 5e6
+    x = held_out[:4].clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(
+        prior.denoise(x, 0.5).sum(), x
+    )  # gradients reach the input (DPS needs them)
+    assert torch.isfinite(grad).all()
+
+
+LOSES_AT_HIGH_SIGMA = pytest.mark.xfail(
+    strict=True,
+    reason="open (issue 4): at sigma >= 3 the networks trail the fitted Gaussian by 1-7% in MSE "
+    "(digits 0.0458 vs 0.0430 at sigma 3); there every good denoiser is close to linear and the "
+    "network's output still varies with the noise. Strict: remove this mark once it passes.",
+)
+
+
+@pytest.mark.parametrize(
+    "sigma",
+    [
+        0.01,
+        0.03,
+        0.1,
+        0.3,
+        1.0,
+        pytest.param(3.0, marks=LOSES_AT_HIGH_SIGMA),
+        pytest.param(10.0, marks=LOSES_AT_HIGH_SIGMA),
+    ],
+)
+def test_denoiser_beats_fitted_gaussian_mmse(bundle, sigma):
+    """Held-out denoising MSE of the network against the exact MMSE denoiser of a Gaussian prior fitted
+    to 2000 training images, on the same noisy held-out images (a paired comparison). Measured margins
+    at sigma <= 1 are 10-70%; the bar is any improvement at all."""
+    name, prior, held_out, train = bundle
+    flat = train.reshape(train.shape[0], -1).double()
+    cov = torch.cov(flat.T) + 1e-6 * torch.eye(flat.shape[1], dtype=torch.float64)
+    gaussian = Gaussian(flat.mean(0).reshape(train.shape[1:]), cov)
+    noisy = held_out + sigma * torch.randn(held_out.shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        mse_net = float((prior.denoise(noisy, sigma) - held_out).pow(2).mean())
+    mse_gauss = float((gaussian.denoise(noisy.double(), sigma).float() - held_out).pow(2).mean())
+    assert mse_net < mse_gauss, (name, sigma, mse_net, mse_gauss)
+
+
+def test_samples_look_like_data(bundle):
+    """Coarse: 64 samples (30 Heun steps) are closer to their nearest training image than uniform noise
+    images are, and have the data's range and mean intensity."""
+    name, prior, held_out, train = bundle
+    samples = prior.sample(64, steps=30, seed=0)
+    assert samples.shape == (64, *prior.event_shape)
+
+    def nearest(x):
+        return torch.cdist(x.reshape(len(x), -1), train.reshape(len(train), -1)).min(1).values.mean()
+
+    assert nearest(samples) < 0.5 * nearest(torch.rand_like(samples))
+    assert abs(float(samples.mean() - held_out.mean())) < 0.1
+    assert float(samples.min()) > -0.3 and float(samples.max()) < 1.3
+
+
+def test_noise_classifier_accuracy(bundle):
+    """Held-out accuracy bound: the posterior-mean estimate of log sigma is within 0.5 (RMS) of the truth
+    over a 40-level grid spanning 0.01..80 (level spacing 0.23 in log sigma), and the argmax is within
+    one level for at least 70% of images (measured at training time: see info(...))."""
+    name, _, held_out, _ = bundle
+    classifier = noise_classifier(name)
+    acc = classifier_accuracy(classifier, held_out, torch.Generator().manual_seed(3))
+    assert acc["rms_log_sigma_error"] < 0.5, acc
+    assert acc["within_one_level"] > 0.7, acc
+    assert classifier.held_out_accuracy is not None
+
+
+def test_unknown_prior():
+    with pytest.raises(ValueError, match="unknown prior 'faces'"):
+        pretrained("faces")
