@@ -1,15 +1,20 @@
 """Bundled pretrained priors, loaded offline from safetensors files inside the package.
 
-=============  ==============================================================================
-name           what it is
-=============  ==============================================================================
-``digits``     16x16 handwritten digits (scikit-learn's digits, upsampled), values in [0, 1]
-``phantoms``   32x32 CT-style ellipse phantoms (procedural), values in [0, 1]
-=============  ==============================================================================
+``digits``
+    16x16 handwritten digits in [0, 1]: scikit-learn's digits (1500 images of a fixed split; 297 held
+    out) upsampled bilinearly from 8x8, random shifts of up to 1 pixel. UNet widths (32, 64, 64),
+    925,793 parameters, 3000 steps x batch 64 (``posterior train digits``, 25 min on one CPU thread).
+    Held-out denoising MSE 0.00098 at sigma 0.1 against 0.00233 for a fitted Gaussian; noise-level
+    classifier within one level for 90% of held-out images.
+``phantoms``
+    32x32 CT-style ellipse phantoms in [0, 1] (:func:`posterior.data.phantoms`, fresh each step).
+    UNet widths (16, 32, 64, 64), 951,025 parameters, 4000 steps x batch 32 (``posterior train
+    phantoms``, 30 min). Held-out MSE 0.00106 at sigma 0.1 against 0.00194; classifier 91% within
+    one level.
 
-Each has a noise-level classifier (:func:`noise_classifier`). Recipes, parameter counts, training
-commands and measured quality are in each file's metadata (:func:`info`) and in ``docs/priors.md``;
-``posterior train NAME`` retrains one (see :mod:`posterior.priors.training`).
+Both trail the fitted Gaussian by 1-7% in MSE at sigma >= 3 (see ``docs/priors.md`` for every figure).
+The metadata of each file (:func:`info`) holds its recipe, parameter count and training command;
+:mod:`posterior.priors.training` retrains them.
 """
 
 from __future__ import annotations
