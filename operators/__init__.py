@@ -29,6 +29,7 @@ from operators.noise import (
 )
 from operators.nonlinear import PhaseRetrieval
 from operators.radon import Radon
+from operators.testing import adjoint_gap, check_adjoint
 
 __all__ = [
     "SVD",
@@ -54,5 +55,7 @@ __all__ = [
     "Scaled",
     "StudentTNoise",
     "Sum",
+    "adjoint_gap",
     "birdcage_maps",
+    "check_adjoint",
 ]

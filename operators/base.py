@@ -316,19 +316,8 @@ class Adjoint(LinearOperator):
         return self.op
 
 
-class LinearComposition(LinearOperator):
-    """``(A @ B)(x) = A(B(x))``, adjoint ``B^T(A^T(y))``."""
-
-    def __init__(self, outer: LinearOperator, inner: LinearOperator):
-        if inner.out_shape != outer.in_shape:
-            raise ValueError(
-                f"cannot compose: inner out_shape {inner.out_shape} != outer in_shape {outer.in_shape}"
-            )
-        super().__init__(inner.in_shape, outer.out_shape)
-        self.outer, self.inner = outer, inner
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.outer.forward(self.inner.forward(x))
+class LinearComposition(Composition, LinearOperator):
+    """``(A @ B)(x) = A(B(x))`` of linear operators, adjoint ``B^T(A^T(y))``."""
 
     def adjoint(self, y: Tensor) -> Tensor:
         return self.inner.adjoint(self.outer.adjoint(y))

@@ -3,16 +3,7 @@ import torch
 
 import operators as ops
 from operators.base import LinearOperator
-
-
-def adjoint_gap(A: LinearOperator, n: int = 3, seed: int = 0) -> float:
-    """Relative gap |<A x, y> - <x, A^T y>| / (|A x| |y|) on random float64 inputs."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, *A.in_shape, generator=g, dtype=torch.float64)
-    y = torch.randn(n, *A.out_shape, generator=g, dtype=torch.float64)
-    lhs = (A(x) * y).sum()
-    rhs = (x * A.adjoint(y)).sum()
-    return float((lhs - rhs).abs() / (A(x).norm() * y.norm()))
+from operators.testing import adjoint_gap
 
 
 def random_matrix(m, d, seed=0):
@@ -117,3 +108,14 @@ def test_shape_errors():
 def test_float32_in_float32_out():
     A = ops.Matrix(random_matrix(3, 4))  # float64 buffer, cast to the input's dtype
     assert A(torch.zeros(2, 4)).dtype == torch.float32
+
+
+def test_check_adjoint_catches_a_wrong_adjoint():
+    class WrongAdjoint(ops.Matrix):
+        def adjoint(self, y):
+            return 1.01 * super().adjoint(y)
+
+    A = WrongAdjoint(random_matrix(3, 4))
+    with pytest.raises(AssertionError, match="adjoint test failed"):
+        ops.check_adjoint(A)
+    ops.check_adjoint(ops.Matrix(random_matrix(3, 4)))

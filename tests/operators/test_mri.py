@@ -2,19 +2,11 @@ import pytest
 import torch
 
 from operators.mri import MRI, birdcage_maps
+from operators.testing import check_adjoint as assert_adjoint
 
 
 def randn(*shape, seed=0, dtype=torch.float64):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-
-
-def assert_adjoint(A, n=3, seed=0):
-    """<A x, y> == <x, A^T y> to 1e-8 relative to ||A x|| ||y|| (the Cauchy-Schwarz bound)."""
-    x, y = randn(n, *A.in_shape, seed=seed), randn(n, *A.out_shape, seed=seed + 1)
-    Ax, ATy = A(x), A.adjoint(y)
-    assert Ax.shape == (n, *A.out_shape) and ATy.shape == (n, *A.in_shape)
-    lhs, rhs = (Ax * y).sum(), (x * ATy).sum()
-    assert abs(lhs - rhs) <= 1e-8 * Ax.norm() * y.norm()
 
 
 def random_mask(H, W, p=0.4, seed=0):
