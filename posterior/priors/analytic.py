@@ -383,8 +383,8 @@ class GaussianMixture(DiffusionPrior):
         unknown = set(kwargs) - {"dtype", "device", "progress"}
         if unknown:
             raise TypeError(f"sample() got {sorted(unknown)}, which apply only with steps=...")
-        if not isinstance(n, int) or n < 0:
-            raise ValueError(f"n must be a non-negative int, got {n!r}")
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive int, got {n!r}")
         gen, gen_device = make_generator(seed, self.device)
         d = self._means.shape[1]
         comp = torch.multinomial(

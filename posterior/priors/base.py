@@ -42,6 +42,8 @@ class DiffusionPrior:
     event_shape: tuple[int, ...]
     sigma_min: float
     sigma_max: float
+    device: torch.device = torch.device("cpu")  # of the prior's parameters; subclasses set their own
+    dtype: torch.dtype = torch.float32
 
     def denoise(self, x: Tensor, sigma: float | Tensor) -> Tensor:
         """Tweedie's denoiser ``E[x0 | x_sigma = x]``.
@@ -100,6 +102,8 @@ class DiffusionPrior:
         """
         if method not in ("heun", "ancestral"):
             raise ValueError(f"method must be 'heun' or 'ancestral', got {method!r}")
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive int, got {n!r}")
         device = device if device is not None else self.device
         gen, _ = make_generator(seed, device)
         dtype = dtype or self.dtype
@@ -112,10 +116,6 @@ class DiffusionPrior:
                 else:
                     x = ancestral_step(x, self.denoise(x, sigmas[i]), sigmas[i], sigmas[i + 1], gen)
             return self.denoise(x, sigmas[-1])
-
-    # Device and dtype of the prior's parameters; analytic and network priors override.
-    device: torch.device = torch.device("cpu")
-    dtype: torch.dtype = torch.float32
 
     @staticmethod
     def from_denoiser(

@@ -164,6 +164,12 @@ def test_heun_50_steps_reaches_exact_prior_within_floor():
     assert metrics.mode_weight_tv(torch.cat(draws), mixture) < 0.1
 
 
+def test_sample_rejects_non_positive_n():
+    for prior in (GaussianMixture.grid(2), DiffusionPrior.from_denoiser(lambda x, s: x, (2,), 0.01, 10.0)):
+        with pytest.raises(ValueError, match="n must be a positive int"):
+            prior.sample(0)
+
+
 def test_network_prior_warns_outside_trained_range():
     prior = DiffusionPrior.from_model(
         lambda z, t: z, parametrization="x0", schedule=EDMSchedule(), event_shape=(2,)
