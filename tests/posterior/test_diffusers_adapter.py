@@ -16,12 +16,12 @@ from posterior.priors import NetworkPrior  # noqa: E402
 from posterior.priors.diffusers_adapter import from_diffusers  # noqa: E402
 
 
-def _unet():
+def _unet(out_channels: int = 1):
     torch.manual_seed(0)
     return diffusers.UNet2DModel(
         sample_size=8,
         in_channels=1,
-        out_channels=1,
+        out_channels=out_channels,
         block_out_channels=(16, 32),
         layers_per_block=1,
         down_block_types=("DownBlock2D", "DownBlock2D"),
@@ -110,17 +110,7 @@ def test_pipeline_layout_dtype_and_gradients(tmp_path, unet):
 
 
 def test_learned_variance_output_is_sliced(tmp_path):
-    torch.manual_seed(0)
-    unet = diffusers.UNet2DModel(
-        sample_size=8,
-        in_channels=1,
-        out_channels=2,
-        block_out_channels=(16, 32),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-        norm_num_groups=8,
-    ).eval()
+    unet = _unet(out_channels=2)
     _save(tmp_path, unet, diffusers.DDPMScheduler(num_train_timesteps=50, variance_type="learned_range"))
     prior = from_diffusers(tmp_path)
     x = torch.randn(2, 1, 8, 8)
