@@ -1,7 +1,11 @@
 """Posterior samplers: each a dataclass of hyperparameters with ``sample(problem, prior, num_samples, ...)``."""
 
+from posterior.samplers.afdps import AFDPS
 from posterior.samplers.base import Sampler
 from posterior.samplers.dps import DPS
+from posterior.samplers.mcgdiff import MCGdiff
 from posterior.samplers.reddiff import RedDiff
+from posterior.samplers.smc import ParticleSampler
+from posterior.samplers.tds import TDS
 
-__all__ = ["DPS", "RedDiff", "Sampler"]
+__all__ = ["AFDPS", "DPS", "MCGdiff", "ParticleSampler", "RedDiff", "Sampler", "TDS"]

@@ -75,7 +75,8 @@ class Sampler:
 
     Subclasses implement ``run(problem, prior, chains, num_samples, generator, progress, callback)``
     returning ``(samples of shape (chains * num_samples, *event_shape), trace dict)``, chain-major,
-    and set ``kind``.
+    and set ``kind``. A ``"log_weights"`` entry of the trace, shape ``(chains, num_samples)``, becomes the
+    result's importance weights.
     """
 
     kind = "samples"
@@ -96,11 +97,14 @@ class Sampler:
         Parameters
         ----------
         problem : InverseProblem
+            A batched ``y`` holds one measurement per draw (``chains * num_samples``) or one per
+            chain (``chains``), shared by that chain's draws: many problems in one call.
         prior : DiffusionPrior
         num_samples : int
-            Draws per chain.
+            Draws per chain (particles per run for the SMC samplers).
         chains : int
-            Independent chains (for samplers without chains, independent groups of draws).
+            Independent chains (for the SMC samplers, independent runs; for samplers without chains,
+            independent groups of draws).
         seed : int or torch.Generator, optional
             The same seed gives the same samples on the same device.
         progress : bool
@@ -135,17 +139,26 @@ class Sampler:
                 f"prior is on device {prior.device} but y is on {problem.y.device}; use one device"
             )
         n = chains * num_samples
-        if problem.batched and problem.y.shape[0] != n:
-            raise ValueError(f"y holds {problem.y.shape[0]} measurements but chains * num_samples = {n}")
+        if problem.batched and problem.y.shape[0] not in (chains, n):
+            raise ValueError(
+                f"y holds {problem.y.shape[0]} measurements; expected one per chain ({chains}) "
+                f"or one per sample (chains * num_samples = {n})"
+            )
+        if problem.batched and problem.y.shape[0] != n:  # one y per chain, shared by its draws
+            problem = InverseProblem(
+                problem.operator, problem.noise, problem.y.repeat_interleave(num_samples, 0)
+            )
         generator, _ = make_generator(seed, problem.y.device)
         counted = CountingPrior(prior)
         start = time.perf_counter()
         x, trace = self.run(problem, counted, chains, num_samples, generator, progress, callback)
         wall = time.perf_counter() - start
+        log_weights = trace.pop("log_weights", None)
         with torch.no_grad():
             log_likelihood = problem.log_likelihood(x.detach())
         return PosteriorSamples(
             samples=x.detach().reshape(chains, num_samples, *prior.event_shape),
+            log_weights=log_weights,
             sample_stats={"log_likelihood": log_likelihood.reshape(chains, num_samples)},
             nfe=counted.nfe,
             grad_evals=counted.grad_evals,

@@ -1,0 +1,271 @@
+"""The sequential Monte Carlo core shared by the particle samplers (AFDPS, TDS, MCGdiff).
+
+A call runs ``B = chains`` independent SMC runs of ``N = num_samples`` particles each, batched as one
+tensor of ``B * N`` particles. Each run moves its particles down a descending noise grid
+``sigma_0 > ... > sigma_K = 0`` with a sampler-specific proposal and accumulates float64 log-weights
+that make the weighted particles of every run target ``p(x | y)`` exactly as ``N`` grows.
+
+Per run the core keeps
+
+- the effective sample size ``ESS = 1 / sum_i W_i^2`` (``W`` the normalised weights);
+- resampling (``systematic`` by default, ``stratified``, ``multinomial`` or ``residual``) when
+  ``ESS < ess_threshold * N`` (``ess_threshold = 1``: every step; ``0``: never); a resampled run's
+  particles all get the weight ``log Z_hat``, so that ``log Z_hat = logsumexp(log w) - log N`` holds
+  at every step;
+- the running estimate ``log Z_hat`` of the log evidence ``log p(y)`` (unbiased in ``Z``; exact up to
+  the prior chain's discretisation when the start weight is exact, i.e. for analytic priors);
+- optional adaptive steps: when the ESS of any run drops by more than half in one step, the step is
+  redone as two (``max_bisections`` levels at most; the rejected attempt's NFE is counted).
+
+A sampler subclasses :class:`ParticleSampler` and implements ``setup`` (problem-specific
+precomputation), ``initialize`` (weights of the reference draws) and ``propagate`` (one step from
+``sigma`` to ``sigma_next``: new particles, the per-particle cache, the log-weight increment). The
+reference is ``N(0, sigma_0^2 I)``; analytic priors with a ``log_prob`` add the exact correction
+``log p_{sigma_0}(x) - log N(x; 0, sigma_0^2 I)``, networks use 0 (an error of order
+``|E x|^2 / sigma_0^2``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from posterior.priors.integrators import sigma_grid
+from posterior.samplers.base import Sampler, check_finite
+from posterior.utils import randn
+
+RESAMPLING = ("systematic", "stratified", "multinomial", "residual")
+
+
+def ess(log_weights: Tensor) -> Tensor:
+    """Effective sample size ``1 / sum_i W_i^2`` of each run: ``(B, N) -> (B,)``."""
+    w = torch.softmax(log_weights, dim=-1)
+    return 1.0 / (w**2).sum(-1)
+
+
+def log_mean_exp(log_weights: Tensor) -> Tensor:
+    """``log(mean_i exp(log_w_i))`` of each run: ``(B, N) -> (B,)``."""
+    return torch.logsumexp(log_weights, dim=-1) - math.log(log_weights.shape[-1])
+
+
+def resample_indices(log_weights: Tensor, scheme: str, generator: torch.Generator | None) -> Tensor:
+    """Ancestor indices ``(B, N)`` (within each run) drawn according to the normalised weights.
+
+    ``systematic``: one uniform per run, ``u_i = (U + i) / N``; ``stratified``: ``u_i = (U_i + i) / N``;
+    ``multinomial``: ``N`` independent draws; ``residual``: ``floor(N W_i)`` copies of each particle,
+    the remaining ``R`` drawn multinomially from the residual weights. All are unbiased.
+    """
+    B, N = log_weights.shape
+    W = torch.softmax(log_weights.double(), dim=-1)
+    device = W.device
+    source = generator.device if generator is not None else device
+
+    def uniform(shape):
+        return torch.rand(shape, generator=generator, dtype=torch.float64, device=source).to(device)
+
+    if scheme in ("systematic", "stratified"):
+        offsets = uniform((B, 1) if scheme == "systematic" else (B, N))
+        u = (offsets + torch.arange(N, dtype=torch.float64, device=device)) / N
+        cdf = torch.cumsum(W, dim=-1)
+        cdf[:, -1] = 1.0  # round-off must not push u past the last particle
+        return torch.searchsorted(cdf, u).clamp(max=N - 1)
+    if scheme == "multinomial":
+        return torch.multinomial(W.cpu(), N, replacement=True, generator=_cpu(generator)).to(device)
+    if scheme == "residual":
+        copies = torch.floor(N * W)
+        remaining = N - copies.sum(-1)  # (B,)
+        residual = N * W - copies
+        has_rest = remaining > 0
+        residual[~has_rest] = 1.0  # placeholder rows, their draws are discarded
+        draws = torch.multinomial(residual.cpu(), N, replacement=True, generator=_cpu(generator)).to(device)
+        keep = torch.arange(N, device=device) < remaining[:, None]
+        copies = copies + torch.zeros_like(W).scatter_add_(1, draws, keep.double())
+        flat = torch.repeat_interleave(torch.arange(B * N, device=device), copies.reshape(-1).long())
+        return (flat % N).reshape(B, N)
+    raise ValueError(f"resampling must be one of {RESAMPLING}, got {scheme!r}")
+
+
+def _cpu(generator: torch.Generator | None) -> torch.Generator | None:
+    """``torch.multinomial`` on CPU weights needs a CPU generator; a CUDA one is reseeded from it."""
+    if generator is None or generator.device.type == "cpu":
+        return generator
+    seed = int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
+    return torch.Generator().manual_seed(seed)
+
+
+def gaussian_log_density(x: Tensor, mean: Tensor, var: float | Tensor) -> Tensor:
+    """``log N(x; mean, var I)`` summed over all but the first dimension: ``(n, ...) -> (n,)``."""
+    var = torch.as_tensor(var, dtype=x.dtype, device=x.device)
+    d = x[0].numel()
+    sq = ((x - mean) ** 2).reshape(x.shape[0], -1).sum(1)
+    return -0.5 * sq / var - 0.5 * d * torch.log(2 * math.pi * var)
+
+
+@dataclass
+class ParticleSampler(Sampler):
+    """Hyperparameters of the SMC core (shared by every particle sampler).
+
+    Parameters
+    ----------
+    steps : int
+        Noise levels of the EDM grid (``rho``) between the prior's ``sigma_max`` and ``sigma_min``,
+        followed by ``sigma = 0``; one NFE per particle each.
+    rho : float
+        Exponent of the EDM grid.
+    resampling : str
+        ``"systematic"`` (default), ``"stratified"``, ``"multinomial"`` or ``"residual"``.
+    ess_threshold : float in [0, 1]
+        Resample a run when its ``ESS < ess_threshold * N``; 1 resamples at every step, 0 never.
+    max_bisections : int
+        Adaptive steps: how many times a step may be halved (geometrically in ``sigma``) when the ESS
+        of a run falls by more than half in it. 0 (default) keeps the grid fixed.
+    resample : bool
+        Return an unweighted set (each run resampled once at the end, ``log_weights = None``) instead
+        of the weighted particles.
+    """
+
+    steps: int = 100
+    rho: float = 7.0
+    resampling: str = "systematic"
+    ess_threshold: float = 0.5
+    max_bisections: int = 0
+    resample: bool = False
+
+    kind = "samples"
+
+    def __post_init__(self):
+        if self.steps < 2:
+            raise ValueError(f"steps must be >= 2, got {self.steps}")
+        if not self.rho > 0:
+            raise ValueError(f"rho must be > 0, got {self.rho}")
+        if self.resampling not in RESAMPLING:
+            raise ValueError(f"resampling must be one of {RESAMPLING}, got {self.resampling!r}")
+        if not 0 <= self.ess_threshold <= 1:
+            raise ValueError(f"ess_threshold must lie in [0, 1], got {self.ess_threshold}")
+        if self.max_bisections < 0:
+            raise ValueError(f"max_bisections must be >= 0, got {self.max_bisections}")
+
+    # -- the hooks of a particle sampler ---------------------------------------------------------
+    def setup(self, problem, prior, n: int):
+        """Problem-specific precomputation for ``n`` particles (checked here, before any NFE)."""
+        return None
+
+    def grid(self, ctx, prior, dtype, device) -> Tensor:
+        """Descending noise levels ending with 0, shape (K + 1,)."""
+        sigmas = sigma_grid(
+            prior.sigma_min, prior.sigma_max, self.steps, rho=self.rho, dtype=dtype, device=device
+        )
+        return torch.cat([sigmas, sigmas.new_zeros(1)])
+
+    def initialize(self, ctx, problem, prior, x: Tensor, sigma: Tensor) -> tuple[dict, Tensor]:
+        """Cache (dict of per-particle tensors) and log-weight increment ``(n,)`` of reference draws ``x``."""
+        raise NotImplementedError
+
+    def propagate(
+        self, ctx, problem, prior, x, cache, sigma, sigma_next, generator
+    ) -> tuple[Tensor, dict, Tensor]:
+        """One step ``sigma -> sigma_next``: new particles, their cache and the log-weight increment ``(n,)``."""
+        raise NotImplementedError
+
+    # -- the loop ------------------------------------------------------------------------------------
+    def run(self, problem, prior, chains, num_samples, generator, progress, callback):
+        B, N = chains, num_samples
+        name = type(self).__name__
+        dtype, device = problem.y.dtype, problem.y.device
+        ctx = self.setup(problem, prior, B * N)
+        sigmas = self.grid(ctx, prior, dtype, device)
+        with torch.no_grad():
+            x = sigmas[0] * randn((B * N, *prior.event_shape), generator, dtype, device)
+            cache, increment = self.initialize(ctx, problem, prior, x, sigmas[0])
+            if hasattr(prior, "log_prob"):  # analytic prior: exact start weight
+                increment = (
+                    increment + prior.log_prob(x, sigmas[0]) - gaussian_log_density(x, 0.0, sigmas[0] ** 2)
+                )
+            log_w = increment.double().reshape(B, N)
+        self._check_weights(log_w, name, 0, float(sigmas[0]))
+        records = {
+            "sigma": [sigmas[0]],
+            "ess": [ess(log_w) / N],
+            "resampled": [torch.zeros(B, dtype=torch.bool)],
+        }
+        records["log_evidence"] = [log_mean_exp(log_w)]
+        sigma, queue = sigmas[0], [(s, 0, True) for s in sigmas[1:]]  # (target, depth, on the grid)
+        bar = _Bar(len(queue), progress, name)
+        while queue:
+            target, depth, on_grid = queue[0]
+            with torch.no_grad():
+                x_new, cache_new, increment = self.propagate(
+                    ctx, problem, prior, x, cache, sigma, target, generator
+                )
+            log_w_new = log_w + increment.double().reshape(B, N)
+            if depth < self.max_bisections and bool((ess(log_w_new) < 0.5 * ess(log_w)).any()):
+                middle = (sigma * target).sqrt() if float(target) > 0 else sigma / 2
+                queue[0:1] = [(middle, depth + 1, False), (target, depth + 1, on_grid)]
+                continue
+            queue.pop(0)
+            bar.update(on_grid)
+            step = len(records["sigma"])
+            check_finite(x_new, name, step, float(target))
+            self._check_weights(log_w_new, name, step, float(target))
+            sigma, x, cache, log_w = target, x_new, cache_new, log_w_new
+            current_ess = ess(log_w)
+            records["log_evidence"].append(log_mean_exp(log_w))
+            records["ess"].append(current_ess / N)
+            records["sigma"].append(sigma)
+            mask = (
+                current_ess < self.ess_threshold * N
+                if self.ess_threshold < 1
+                else torch.ones_like(current_ess, dtype=torch.bool)
+            )
+            if queue and bool(mask.any()):
+                x, cache, log_w = self._resample(x, cache, log_w, mask, generator)
+            records["resampled"].append(mask.cpu() if queue else torch.zeros(B, dtype=torch.bool))
+            if callback is not None:
+                callback(step, {"x": x, "log_weights": log_w, "sigma": sigma})
+        bar.close()
+        if self.resample:
+            x, _, log_w = self._resample(
+                x, {}, log_w, torch.ones(B, dtype=torch.bool, device=log_w.device), generator
+            )
+        trace = {k: torch.stack([torch.as_tensor(v).cpu() for v in values]) for k, values in records.items()}
+        trace["log_weights"] = None if self.resample else log_w
+        return x, trace
+
+    def _resample(self, x: Tensor, cache: dict, log_w: Tensor, mask: Tensor, generator):
+        B, N = log_w.shape
+        mask = mask.to(log_w.device)
+        ancestors = resample_indices(log_w, self.resampling, generator)
+        ancestors = torch.where(mask[:, None], ancestors, torch.arange(N, device=log_w.device))
+        flat = (ancestors + N * torch.arange(B, device=log_w.device)[:, None]).reshape(-1).to(x.device)
+        log_w = torch.where(mask[:, None], log_mean_exp(log_w)[:, None].expand(B, N), log_w)
+        return x[flat], {k: v[flat] for k, v in cache.items()}, log_w
+
+    @staticmethod
+    def _check_weights(log_w: Tensor, name: str, step: int, sigma: float) -> None:
+        if bool(torch.isnan(log_w).any()) or bool((log_w == math.inf).any()):
+            raise FloatingPointError(f"{name}: NaN or +inf log-weights at step {step} (sigma={sigma:.4g})")
+        if bool((log_w == -math.inf).all(-1).any()):
+            raise FloatingPointError(
+                f"{name}: every particle of a run has zero weight at step {step} (sigma={sigma:.4g}); "
+                "the likelihood is too sharp for the twist: use more steps or particles"
+            )
+
+
+class _Bar:
+    """A progress bar over the grid's steps (bisected sub-steps do not advance it)."""
+
+    def __init__(self, total: int, enabled: bool, desc: str):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True) if enabled else None
+
+    def update(self, advance: bool) -> None:
+        if self.bar is not None and advance:
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
