@@ -13,6 +13,7 @@ Usage::
 
     python benchmarks/gmm.py oracle dps dps-likelihood --steps 20 100 --num-samples 1000
     python benchmarks/gmm.py dps --quick          # a small subset
+    python benchmarks/gmm.py afdps mcgdiff tds --steps 100 --particles 16 256 4096 --num-samples 2048
 
 ``oracle`` runs the exact posterior's denoiser through the same ancestral steps: the error that the
 time discretisation alone leaves, a reference for every sampler at equal NFE.
@@ -23,6 +24,7 @@ Prints a table and writes JSON (``--out``). Never asserts on time.
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +45,7 @@ class OracleAncestral:
 
     steps: int
 
-    def sample(self, problem, prior, num_samples, *, seed, progress):
+    def sample(self, problem, prior, num_samples, *, seed, progress, chains=1):
         start = time.perf_counter()
         x = prior.posterior(problem).sample(num_samples, steps=self.steps, seed=seed, method="ancestral")
         return post.PosteriorSamples(x[None], nfe=self.steps, wall_time=time.perf_counter() - start)
@@ -55,7 +57,12 @@ SAMPLERS = {
     "dps-likelihood": lambda steps: post.samplers.DPS(steps=steps, guidance="likelihood", step_size=1.0),
     "reddiff-point": lambda steps: post.samplers.RedDiff(steps=steps, mode="point"),
     "reddiff-gaussian": lambda steps: post.samplers.RedDiff(steps=steps, mode="gaussian"),
+    "afdps": lambda steps: post.samplers.AFDPS(steps=steps, resample=True),
+    "afdps-noisy": lambda steps: post.samplers.AFDPS(steps=steps, twist="noisy", resample=True),
+    "tds": lambda steps: post.samplers.TDS(steps=steps, resample=True),
+    "mcgdiff": lambda steps: post.samplers.MCGdiff(steps=steps, resample=True),
 }
+PARTICLE_SAMPLERS = {"afdps", "afdps-noisy", "tds", "mcgdiff"}
 
 
 @dataclass
@@ -106,18 +113,28 @@ def default_problems(quick: bool, seeds: list[int], sigma_y: float) -> list[Prob
     return [make_problem(k, d, r, sigma_y, s, image) for k, d, r, image in cases for s in seeds]
 
 
-def evaluate(p: Problem, sampler_name: str, steps: int, num_samples: int, sampler_seed: int) -> dict:
+def evaluate(
+    p: Problem, sampler_name: str, steps: int, num_samples: int, sampler_seed: int, particles: int | None = None
+) -> dict:
+    """One sampler on one problem. Particle samplers run ``ceil(num_samples / particles)`` independent
+    SMC runs of ``particles`` each, every run resampled to an unweighted set, and pool them (so the
+    number of draws can exceed ``num_samples``; the floor is taken at the same size)."""
     sampler = SAMPLERS[sampler_name](steps)
-    result = sampler.sample(p.problem, p.prior, num_samples, seed=sampler_seed, progress=False)
+    chains = 1
+    if sampler_name in PARTICLE_SAMPLERS:
+        chains, num_samples = -(-num_samples // particles), particles
+    result = sampler.sample(p.problem, p.prior, num_samples, chains=chains, seed=sampler_seed, progress=False)
     draws = result.flat()
+    num_samples = draws.shape[0]
     exact = lambda n, seed: p.exact.sample(n, seed=seed)  # noqa: E731
     sw_floor = metrics.floor(metrics.sliced_wasserstein, exact, num_samples, num_samples)
     sw = metrics.sliced_wasserstein(draws, exact(num_samples, 999))
     finite = bool(torch.isfinite(draws).all())
     return {
         "problem": p.name,
-        "sampler": sampler_name,
+        "sampler": sampler_name if sampler_name not in PARTICLE_SAMPLERS else f"{sampler_name} N={particles}",
         "steps": steps,
+        "particles": particles if sampler_name in PARTICLE_SAMPLERS else None,
         "nfe": result.nfe,
         "grad_evals": result.grad_evals,
         "sw": sw,
@@ -152,6 +169,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("samplers", nargs="+", choices=sorted(SAMPLERS))
     parser.add_argument("--steps", type=int, nargs="+", default=[20, 100, 1000])
     parser.add_argument("--num-samples", type=int, default=1000)
+    parser.add_argument(
+        "--particles", type=int, nargs="+", default=[1024], help="particles per SMC run (particle samplers)"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--sigma-y", type=float, default=0.5)
     parser.add_argument("--quick", action="store_true", help="small problems only")
@@ -169,11 +189,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print("-" * len(header))
     for p in problems:
         for name in args.samplers:
-            for steps in args.steps:
-                r = evaluate(p, name, steps, args.num_samples, sampler_seed=0)
+            for steps, particles in itertools.product(
+                args.steps, args.particles if name in PARTICLE_SAMPLERS else [None]
+            ):
+                r = evaluate(p, name, steps, args.num_samples, sampler_seed=0, particles=particles)
                 rows.append(r)
                 print(
-                    f"{r['problem']:<40} {name:<16} {steps:>5} {r['nfe']:>5} {r['sw_over_floor']:>9.2f} "
+                    f"{r['problem']:<40} {r['sampler']:<16} {steps:>5} {r['nfe']:>5} {r['sw_over_floor']:>9.2f} "
                     f"{r['mode_tv']:>8.3f} {r['mean_err']:>9.3f} {r['wall_time']:>7.2f}",
                     flush=True,
                 )

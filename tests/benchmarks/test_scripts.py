@@ -25,17 +25,23 @@ def test_gmm_benchmark(tmp_path, capsys):
             "oracle",
             "dps",
             "reddiff-gaussian",
+            "afdps",
+            "mcgdiff",
             "--steps",
             "5",
             "--num-samples",
             "40",
+            "--particles",
+            "8",
+            "16",
             "--quick",
             "--out",
             str(out),
             "--markdown",
         ]
     )
-    assert len(rows) == 6 * 3
+    assert len(rows) == 6 * (3 + 2 * 2)
+    assert {r["particles"] for r in rows} == {None, 8, 16}
     assert json.loads(out.read_text())["rows"][0]["sampler"] == "oracle"
     assert all(r["sw_over_floor"] > 0 for r in rows)
     assert "| problem | sampler | 5 steps |" in capsys.readouterr().out
