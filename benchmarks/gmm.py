@@ -57,10 +57,10 @@ SAMPLERS = {
     "dps-likelihood": lambda steps: post.samplers.DPS(steps=steps, guidance="likelihood", step_size=1.0),
     "reddiff-point": lambda steps: post.samplers.RedDiff(steps=steps, mode="point"),
     "reddiff-gaussian": lambda steps: post.samplers.RedDiff(steps=steps, mode="gaussian"),
-    "afdps": lambda steps: post.samplers.AFDPS(steps=steps, resample=True),
-    "afdps-noisy": lambda steps: post.samplers.AFDPS(steps=steps, twist="noisy", resample=True),
-    "tds": lambda steps: post.samplers.TDS(steps=steps, resample=True),
-    "mcgdiff": lambda steps: post.samplers.MCGdiff(steps=steps, resample=True),
+    "afdps": lambda steps: post.samplers.AFDPS(steps=steps),
+    "afdps-noisy": lambda steps: post.samplers.AFDPS(steps=steps, twist="noisy"),
+    "tds": lambda steps: post.samplers.TDS(steps=steps),
+    "mcgdiff": lambda steps: post.samplers.MCGdiff(steps=steps),
 }
 PARTICLE_SAMPLERS = {"afdps", "afdps-noisy", "tds", "mcgdiff"}
 
@@ -114,33 +114,57 @@ def default_problems(quick: bool, seeds: list[int], sigma_y: float) -> list[Prob
 
 
 def evaluate(
-    p: Problem, sampler_name: str, steps: int, num_samples: int, sampler_seed: int, particles: int | None = None
+    p: Problem,
+    sampler_name: str,
+    steps: int,
+    num_samples: int,
+    sampler_seed: int,
+    particles: int | None = None,
+    runs: int | None = None,
 ) -> dict:
-    """One sampler on one problem. Particle samplers run ``ceil(num_samples / particles)`` independent
-    SMC runs of ``particles`` each, every run resampled to an unweighted set, and pool them (so the
-    number of draws can exceed ``num_samples``; the floor is taken at the same size)."""
+    """One sampler on one problem, ``num_samples`` draws compared with exact ones.
+
+    Particle samplers run ``runs`` independent SMC runs of ``particles`` each (default
+    ``ceil(num_samples / particles)`` runs, a fixed budget); each run's weighted particles are
+    resampled (multinomially) to ``num_samples // runs`` draws and the runs pooled. The mode TV uses
+    the weighted particles themselves."""
     sampler = SAMPLERS[sampler_name](steps)
-    chains = 1
+    weights = None
     if sampler_name in PARTICLE_SAMPLERS:
-        chains, num_samples = -(-num_samples // particles), particles
-    result = sampler.sample(p.problem, p.prior, num_samples, chains=chains, seed=sampler_seed, progress=False)
-    draws = result.flat()
-    num_samples = draws.shape[0]
+        chains = runs or -(-num_samples // particles)
+        result = sampler.sample(
+            p.problem, p.prior, particles, chains=chains, seed=sampler_seed, progress=False
+        )
+        W = torch.softmax(result.log_weights, dim=1)
+        picks = torch.multinomial(
+            W, num_samples // chains, replacement=True, generator=torch.Generator().manual_seed(0)
+        )
+        draws = result.samples[torch.arange(chains)[:, None], picks].reshape(-1, *result.event_shape)
+        particles_flat, weights = result.flat(), result.weights()
+        num_samples = draws.shape[0]
+    else:
+        result = sampler.sample(p.problem, p.prior, num_samples, seed=sampler_seed, progress=False)
+        draws = particles_flat = result.flat()
     exact = lambda n, seed: p.exact.sample(n, seed=seed)  # noqa: E731
     sw_floor = metrics.floor(metrics.sliced_wasserstein, exact, num_samples, num_samples)
     sw = metrics.sliced_wasserstein(draws, exact(num_samples, 999))
     finite = bool(torch.isfinite(draws).all())
     return {
         "problem": p.name,
-        "sampler": sampler_name if sampler_name not in PARTICLE_SAMPLERS else f"{sampler_name} N={particles}",
+        "sampler": sampler_name
+        if sampler_name not in PARTICLE_SAMPLERS
+        else f"{sampler_name} {result.chains}x{particles}",
         "steps": steps,
         "particles": particles if sampler_name in PARTICLE_SAMPLERS else None,
+        "runs": result.chains if sampler_name in PARTICLE_SAMPLERS else None,
         "nfe": result.nfe,
         "grad_evals": result.grad_evals,
         "sw": sw,
         "floor": sw_floor,
         "sw_over_floor": sw / sw_floor if finite else float("inf"),
-        "mode_tv": metrics.mode_weight_tv(draws, p.exact) if finite else float("nan"),
+        "mode_tv": metrics.mode_weight_tv(particles_flat, p.exact, weights=weights)
+        if finite
+        else float("nan"),
         "mean_err": metrics.mean_error(draws, p.exact.mean()) if finite else float("nan"),
         "wall_time": result.wall_time,
     }
@@ -172,9 +196,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument(
         "--particles", type=int, nargs="+", default=[1024], help="particles per SMC run (particle samplers)"
     )
+    parser.add_argument(
+        "--runs", type=int, default=None, help="independent SMC runs (default: num_samples / particles)"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--sigma-y", type=float, default=0.5)
     parser.add_argument("--quick", action="store_true", help="small problems only")
+    parser.add_argument("--only", nargs="+", default=None, help="problems whose name contains one of these")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/gmm.json"))
     parser.add_argument("--markdown", action="store_true", help="also print a Markdown table")
@@ -184,6 +212,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     start = time.perf_counter()
     rows = []
     problems = default_problems(args.quick, args.seeds, args.sigma_y)
+    if args.only:
+        problems = [p for p in problems if any(key in p.name for key in args.only)]
     header = f"{'problem':<40} {'sampler':<16} {'steps':>5} {'NFE':>5} {'SW/floor':>9} {'mode TV':>8} {'mean err':>9} {'time s':>7}"
     print(header)
     print("-" * len(header))
@@ -192,7 +222,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
             for steps, particles in itertools.product(
                 args.steps, args.particles if name in PARTICLE_SAMPLERS else [None]
             ):
-                r = evaluate(p, name, steps, args.num_samples, sampler_seed=0, particles=particles)
+                r = evaluate(
+                    p, name, steps, args.num_samples, sampler_seed=0, particles=particles, runs=args.runs
+                )
                 rows.append(r)
                 print(
                     f"{r['problem']:<40} {r['sampler']:<16} {steps:>5} {r['nfe']:>5} {r['sw_over_floor']:>9.2f} "

@@ -29,7 +29,7 @@ from safetensors import safe_open
 from posterior.priors.network import NetworkPrior
 from posterior.priors.noise_level import NoiseLevelClassifier
 from posterior.priors.training import FORMAT_CLASSIFIER, FORMAT_PRIOR, build_prior
-from posterior.priors.unet import UNet
+from posterior.priors.unet import GaussianResidualUNet, UNet
 
 WEIGHTS = Path(__file__).parent / "weights"
 NAMES = ("digits", "phantoms")
@@ -72,7 +72,10 @@ def pretrained(
     """
     meta, tensors = _read(_resolve(name_or_path, ""), FORMAT_PRIOR)
     unet = meta["unet"]
-    net = UNet(unet["channels"], unet["widths"], unet["blocks"], unet["emb_dim"])
+    if "gaussian_residual" in unet:
+        net = GaussianResidualUNet(unet["gaussian_residual"], unet["widths"], unet["blocks"], unet["emb_dim"])
+    else:
+        net = UNet(unet["channels"], unet["widths"], unet["blocks"], unet["emb_dim"])
     net.load_state_dict(tensors)
     net = net.to(device=device, dtype=dtype).eval().requires_grad_(False)
     return build_prior(net, meta)

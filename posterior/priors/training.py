@@ -10,6 +10,10 @@ RNG state and step) are written atomically every ``checkpoint_every`` steps; ``r
 continues from the last one, bit-identically on the CPU (on CUDA only with
 ``torch.use_deterministic_algorithms(True)``, since some convolution gradients are not deterministic).
 
+The network is a :class:`GaussianResidualUNet`: it learns the residual of the exact denoiser of a
+Gaussian fitted to ``GAUSSIAN_FIT_SIZE`` training images (parametrisation ``"edm-gaussian"``), so that
+it starts as that Gaussian's MMSE denoiser and, where the noise dominates, stays close to it.
+
 Recipes (data, network size, noise range, steps) are in :data:`RECIPES`; ``posterior train NAME``
 runs one and writes the weight files that :func:`posterior.priors.pretrained` loads.
 """
@@ -33,10 +37,11 @@ from torch.nn import functional as F
 from posterior.priors.network import NetworkPrior
 from posterior.priors.noise_level import NoiseLevelClassifier, log_uniform_grid
 from posterior.priors.schedules import EDMSchedule
-from posterior.priors.unet import UNet, count_parameters
+from posterior.priors.unet import GaussianResidualUNet, UNet, count_parameters
 from posterior.utils import atomic_write, make_generator, progress_bar
 
 FORMAT_PRIOR = "posterior.prior/1"
+GAUSSIAN_FIT_SIZE = 10_000  # training images for the Gaussian whose denoiser the network corrects
 FORMAT_CLASSIFIER = "posterior.noise-classifier/1"
 
 
@@ -126,10 +131,14 @@ RECIPES = {
 
 
 def build_prior(net: UNet, recipe_or_meta) -> NetworkPrior:
-    """The :class:`NetworkPrior` of a UNet trained with EDM preconditioning."""
+    """The :class:`NetworkPrior` of a UNet trained with EDM preconditioning (``"edm-gaussian"`` for a
+    :class:`GaussianResidualUNet`)."""
     get = recipe_or_meta.get if isinstance(recipe_or_meta, dict) else lambda k: getattr(recipe_or_meta, k)
     schedule = EDMSchedule(get("sigma_min"), get("sigma_max"), get("sigma_data"))
-    return NetworkPrior(net, parametrization="edm", schedule=schedule, event_shape=tuple(get("event_shape")))
+    parametrization = "edm-gaussian" if isinstance(net, GaussianResidualUNet) else "edm"
+    return NetworkPrior(
+        net, parametrization=parametrization, schedule=schedule, event_shape=tuple(get("event_shape"))
+    )
 
 
 def denoising_loss(prior: NetworkPrior, x0: Tensor, recipe: Recipe, generator: torch.Generator) -> Tensor:
@@ -250,7 +259,9 @@ def train_prior(
     steps = steps if steps is not None else recipe.steps
     out_dir = Path(out_dir)
     torch.manual_seed(seed)  # network initialisation
-    net = UNet(recipe.event_shape[0], recipe.widths).to(device)
+    net = GaussianResidualUNet(recipe.event_shape, recipe.widths)
+    net.fit_gaussian(recipe.batch(GAUSSIAN_FIT_SIZE, torch.Generator().manual_seed(seed + 1)))
+    net = net.to(device)
     prior = build_prior(net, recipe)
     start = time.perf_counter()
     ema, losses = _train_loop(
@@ -265,7 +276,14 @@ def train_prior(
         resume=resume,
         progress=progress,
         desc=f"train {name}",
-        run={"recipe": name, "kind": "prior", "seed": seed, "lr": recipe.lr, "batch_size": recipe.batch_size},
+        run={
+            "recipe": name,
+            "kind": "prior",
+            "net": "gaussian-residual",
+            "seed": seed,
+            "lr": recipe.lr,
+            "batch_size": recipe.batch_size,
+        },
     )
     meta = {k: v for k, v in asdict(recipe).items() if not callable(v)}
     meta.update(

@@ -114,5 +114,47 @@ class UNet(nn.Module):
         return self.head(h)
 
 
+class GaussianResidualUNet(UNet):
+    """A :class:`UNet` beside the exact denoiser of a Gaussian ``N(m, U diag(lambda) U^T)`` fitted to the data.
+
+    With the ``"edm-gaussian"`` parametrisation of :class:`~posterior.priors.network.NetworkPrior` the
+    network learns the residual of :meth:`gaussian_denoise`. Buffers (saved with the weights):
+    ``data_mean`` of shape ``event_shape``, ``data_eigvecs`` ``(d, d)``, ``data_eigvals`` ``(d,)``.
+    """
+
+    def __init__(
+        self,
+        event_shape: Sequence[int],
+        widths: Sequence[int] = (32, 64, 64),
+        blocks: int = 1,
+        emb_dim: int = 128,
+    ):
+        super().__init__(event_shape[0], widths, blocks, emb_dim)
+        d = math.prod(event_shape)
+        self.config["gaussian_residual"] = list(event_shape)
+        self.register_buffer("data_mean", torch.zeros(*event_shape))
+        self.register_buffer("data_eigvecs", torch.eye(d))
+        self.register_buffer("data_eigvals", torch.ones(d))
+
+    def fit_gaussian(self, x0: Tensor, jitter: float = 1e-6) -> None:
+        """Set the Gaussian to the sample mean and covariance (plus ``jitter I``) of ``x0``, ``(n, *event_shape)``."""
+        flat = x0.reshape(x0.shape[0], -1).double()
+        cov = torch.cov(flat.T) + jitter * torch.eye(flat.shape[1], dtype=torch.float64, device=flat.device)
+        eigvals, eigvecs = torch.linalg.eigh(cov)
+        self.data_mean.copy_(flat.mean(0).reshape(self.data_mean.shape))
+        self.data_eigvecs.copy_(eigvecs)
+        self.data_eigvals.copy_(eigvals.clamp(min=jitter))
+
+    def gaussian_denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
+        """``E[x0 | x]`` under the fitted Gaussian: ``m + U diag(lambda / (lambda + sigma^2)) U^T (x - m)``.
+
+        ``x`` of shape ``(n, *event_shape)``, ``sigma`` broadcastable to ``(n, 1, 1, 1)``.
+        """
+        n = x.shape[0]
+        coeffs = (x - self.data_mean).reshape(n, -1) @ self.data_eigvecs
+        shrink = self.data_eigvals / (self.data_eigvals + sigma.reshape(-1, 1) ** 2)
+        return self.data_mean + ((coeffs * shrink) @ self.data_eigvecs.T).reshape(x.shape)
+
+
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())

@@ -67,3 +67,13 @@ def test_images_benchmark(tmp_path):
     )
     assert [r["sampler"] for r in rows] == ["dps", "reddiff"]
     assert all(r["psnr_mean"] > 0 for r in rows)
+
+
+def test_cost_benchmark(tmp_path):
+    out = tmp_path / "cost.json"
+    rows = load("cost").main(
+        ["afdps", "mcgdiff", "--steps", "3", "--batch", "4", "--repeats", "1", "--out", str(out)]
+    )
+    assert [r["sampler"] for r in rows] == ["afdps", "mcgdiff"]
+    assert all(r["overhead"] > 0 and r["nfe"] >= 3 for r in rows)
+    assert json.loads(out.read_text())["rows"][1]["sampler"] == "mcgdiff"

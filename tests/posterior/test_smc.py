@@ -98,6 +98,33 @@ def test_mode_weights_and_mean_match_the_exact_posterior(name):
     )
 
 
+def test_afdps_tracks_every_intermediate_target():
+    """Step by step: with the noisy twist and one measurement row ``a``, the intermediate target
+    ``p_sigma(x) N(y; a.x, sigma_y^2 + sigma^2 |a|^2)`` is the exact posterior of the noised prior under
+    that noise level. At every recorded level the weighted mode weights of 8 runs x 512 particles are
+    within 4 standard errors (+0.02) of the exact ones. 200 steps: at 60 the prior chain's
+    discretisation alone shifts the mode weights by 0.09 below sigma = 1 (measured)."""
+    prior, problem = mixture_problem()
+    a2 = float((problem.operator.to_matrix() ** 2).sum())
+    states = []
+    sampler = post.samplers.AFDPS(steps=200, twist="noisy")
+    sampler.sample(
+        problem, prior, 512, chains=8, seed=0, progress=False, callback=lambda i, st: states.append(st)
+    )
+    checked = 0
+    for state in states[::20]:
+        sigma = float(state["sigma"])
+        noise = ops.GaussianNoise((0.5**2 + sigma**2 * a2) ** 0.5)
+        target = prior.noised(sigma).posterior(post.InverseProblem(problem.operator, noise, problem.y))
+        W = torch.softmax(state["log_weights"], 1)
+        resp = target.responsibilities(state["x"]).reshape(8, 512, -1)
+        modes = torch.einsum("bn,bnk->bk", W, resp)
+        err = (modes.mean(0) - target.weights).abs()
+        assert bool((err <= 4 * modes.std(0) / 8**0.5 + 0.02).all()), (sigma, err.max())
+        checked += 1
+    assert checked >= 10
+
+
 @pytest.mark.parametrize("name", ["afdps", "afdps-noisy", "mcgdiff"])
 def test_log_evidence_matches_the_exact_one(name):
     """16 runs of 256 particles: the mean of the runs' log Z estimates is within 3 standard errors

@@ -52,3 +52,23 @@ def test_cli_train(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "prior written to" in out and "classifier written to" in out
     assert (tmp_path / "phantoms.safetensors").exists() and (tmp_path / "phantoms-noise.safetensors").exists()
+
+
+def test_gaussian_residual_network_starts_as_the_fitted_gaussian_denoiser():
+    """The head is zero-initialised, so before training the "edm-gaussian" prior is exactly the MMSE
+    denoiser of the Gaussian fitted to the data, at every sigma (checked against the analytic prior)."""
+    from posterior.priors import Gaussian
+    from posterior.priors.training import RECIPES, build_prior
+    from posterior.priors.unet import GaussianResidualUNet
+
+    x0 = RECIPES["digits"].batch(500, torch.Generator().manual_seed(0)).double()
+    net = GaussianResidualUNet((1, 16, 16)).double()
+    net.fit_gaussian(x0)
+    prior = build_prior(net, RECIPES["digits"])
+    flat = x0.reshape(500, -1)
+    exact = Gaussian(
+        flat.mean(0).reshape(1, 16, 16), torch.cov(flat.T) + 1e-6 * torch.eye(256, dtype=torch.float64)
+    )
+    x = x0[:8] + torch.randn(8, 1, 16, 16, dtype=torch.float64)
+    for sigma in (0.01, 1.0, 50.0):
+        assert torch.allclose(prior.denoise(x, sigma), exact.denoise(x, sigma), atol=1e-8)
