@@ -57,6 +57,8 @@ SAMPLERS = {
     "dps-likelihood": lambda steps: post.samplers.DPS(steps=steps, guidance="likelihood", step_size=1.0),
     "reddiff-point": lambda steps: post.samplers.RedDiff(steps=steps, mode="point"),
     "reddiff-gaussian": lambda steps: post.samplers.RedDiff(steps=steps, mode="gaussian"),
+    "lml": lambda steps: post.samplers.LevenbergMarquardtLangevin(steps=steps),
+    "lml-mala": lambda steps: post.samplers.LevenbergMarquardtLangevin(steps=steps, corrector_steps=2, metropolis=True),
     "afdps": lambda steps: post.samplers.AFDPS(steps=steps),
     "afdps-noisy": lambda steps: post.samplers.AFDPS(steps=steps, twist="noisy"),
     "tds": lambda steps: post.samplers.TDS(steps=steps),

@@ -3,9 +3,19 @@
 from posterior.samplers.afdps import AFDPS
 from posterior.samplers.base import Sampler
 from posterior.samplers.dps import DPS
+from posterior.samplers.lml import LevenbergMarquardtLangevin
 from posterior.samplers.mcgdiff import MCGdiff
 from posterior.samplers.reddiff import RedDiff
 from posterior.samplers.smc import ParticleSampler
 from posterior.samplers.tds import TDS
 
-__all__ = ["AFDPS", "DPS", "MCGdiff", "ParticleSampler", "RedDiff", "Sampler", "TDS"]
+__all__ = [
+    "AFDPS",
+    "DPS",
+    "LevenbergMarquardtLangevin",
+    "MCGdiff",
+    "ParticleSampler",
+    "RedDiff",
+    "Sampler",
+    "TDS",
+]

@@ -41,20 +41,11 @@ from posterior.samplers.twists import (
     TweedieTwist,
     TwistedSampler,
     ancestral_kernel,
-    likelihood_scale,
+    default_tempering_scale,
 )
 
 TWISTS = ("auto", "tweedie", "noisy", "tempered", "clean")
 MAX_TWEEDIE_RANK = 16
-
-
-def default_tempering_scale(problem, prior, tempering_scale: float | None) -> float:
-    """``tempering_scale`` or, if None, the likelihood's width at the prior mean (1 NFE)."""
-    if tempering_scale is not None:
-        return tempering_scale
-    shape = (problem.y.shape[0] if problem.batched else 1, *prior.event_shape)
-    mean = prior.denoise(problem.y.new_zeros(shape), prior.sigma_max)
-    return likelihood_scale(problem, mean)
 
 
 @dataclass

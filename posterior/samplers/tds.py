@@ -26,8 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from posterior.samplers.afdps import default_tempering_scale
-from posterior.samplers.twists import LinearGaussianSVD, TDSTwist, TwistedSampler
+from posterior.samplers.twists import LinearGaussianSVD, TDSTwist, TwistedSampler, default_tempering_scale
 
 
 @dataclass

@@ -154,6 +154,15 @@ def likelihood_scale(problem, x: Tensor, iters: int = 30) -> float:
     return 1.0 / math.sqrt(abs(curvature))
 
 
+def default_tempering_scale(problem, prior, tempering_scale: float | None) -> float:
+    """``tempering_scale`` or, if None, the likelihood's width at the prior mean (1 NFE)."""
+    if tempering_scale is not None:
+        return tempering_scale
+    shape = (problem.y.shape[0] if problem.batched else 1, *prior.event_shape)
+    mean = prior.denoise(problem.y.new_zeros(shape), prior.sigma_max)
+    return likelihood_scale(problem, mean)
+
+
 def tempering(sigma: Tensor, tau_ref: float) -> Tensor:
     """``beta(sigma) = 1 / (1 + sigma^2 / tau_ref^2)``: 1 at ``sigma = 0``, flat at large ``sigma``."""
     return 1.0 / (1.0 + sigma**2 / tau_ref**2)
