@@ -58,13 +58,17 @@ SAMPLERS = {
     "reddiff-point": lambda steps: post.samplers.RedDiff(steps=steps, mode="point"),
     "reddiff-gaussian": lambda steps: post.samplers.RedDiff(steps=steps, mode="gaussian"),
     "lml": lambda steps: post.samplers.LevenbergMarquardtLangevin(steps=steps),
-    "lml-mala": lambda steps: post.samplers.LevenbergMarquardtLangevin(steps=steps, corrector_steps=2, metropolis=True),
+    "lml-mala": lambda steps: post.samplers.LevenbergMarquardtLangevin(
+        steps=steps, corrector_steps=2, metropolis=True
+    ),
+    "dlg": lambda steps: post.samplers.DenoisingLangevinGibbs(burn_in=steps),
     "afdps": lambda steps: post.samplers.AFDPS(steps=steps),
     "afdps-noisy": lambda steps: post.samplers.AFDPS(steps=steps, twist="noisy"),
     "tds": lambda steps: post.samplers.TDS(steps=steps),
     "mcgdiff": lambda steps: post.samplers.MCGdiff(steps=steps),
 }
 PARTICLE_SAMPLERS = {"afdps", "afdps-noisy", "tds", "mcgdiff"}
+DRAWS_PER_CHAIN = {"dlg": 10}  # MCMC samplers: num_samples / this many chains
 
 
 @dataclass
@@ -145,7 +149,10 @@ def evaluate(
         particles_flat, weights = result.flat(), result.weights()
         num_samples = draws.shape[0]
     else:
-        result = sampler.sample(p.problem, p.prior, num_samples, seed=sampler_seed, progress=False)
+        per_chain = DRAWS_PER_CHAIN.get(sampler_name, num_samples)
+        result = sampler.sample(
+            p.problem, p.prior, per_chain, chains=num_samples // per_chain, seed=sampler_seed, progress=False
+        )
         draws = particles_flat = result.flat()
     exact = lambda n, seed: p.exact.sample(n, seed=seed)  # noqa: E731
     sw_floor = metrics.floor(metrics.sliced_wasserstein, exact, num_samples, num_samples)

@@ -2,6 +2,7 @@
 
 from posterior.samplers.afdps import AFDPS
 from posterior.samplers.base import Sampler
+from posterior.samplers.dlg import DenoisingLangevinGibbs
 from posterior.samplers.dps import DPS
 from posterior.samplers.lml import LevenbergMarquardtLangevin
 from posterior.samplers.mcgdiff import MCGdiff
@@ -12,6 +13,7 @@ from posterior.samplers.tds import TDS
 __all__ = [
     "AFDPS",
     "DPS",
+    "DenoisingLangevinGibbs",
     "LevenbergMarquardtLangevin",
     "MCGdiff",
     "ParticleSampler",

@@ -27,6 +27,8 @@ def test_gmm_benchmark(tmp_path, capsys):
             "reddiff-gaussian",
             "afdps",
             "mcgdiff",
+            "lml",
+            "dlg",
             "--steps",
             "5",
             "--num-samples",
@@ -40,7 +42,7 @@ def test_gmm_benchmark(tmp_path, capsys):
             "--markdown",
         ]
     )
-    assert len(rows) == 6 * (3 + 2 * 2)
+    assert len(rows) == 6 * (3 + 2 * 2 + 2)
     assert {r["particles"] for r in rows} == {None, 8, 16}
     assert json.loads(out.read_text())["rows"][0]["sampler"] == "oracle"
     assert all(r["sw_over_floor"] > 0 for r in rows)
@@ -77,3 +79,11 @@ def test_cost_benchmark(tmp_path):
     assert [r["sampler"] for r in rows] == ["afdps", "mcgdiff"]
     assert all(r["overhead"] > 0 and r["nfe"] >= 3 for r in rows)
     assert json.loads(out.read_text())["rows"][1]["sampler"] == "mcgdiff"
+
+
+def test_mcmc_digits_benchmark(tmp_path):
+    pytest.importorskip("sklearn")
+    row = load("mcmc_digits").main(
+        ["--chains", "2", "--draws", "4", "--burn-in", "2", "--thin", "1", "--out", str(tmp_path / "m.json")]
+    )
+    assert row["max_rhat"] > 0 and row["min_ess_bulk"] > 0
