@@ -25,6 +25,7 @@ import torch  # noqa: E402
 
 from posterior import metrics
 from posterior.priors import Gaussian, noise_classifier, pretrained  # noqa: E402
+from posterior.priors.training import GAUSSIAN_FIT_SIZE  # noqa: E402
 from posterior.priors.training import RECIPES, classifier_accuracy  # noqa: E402
 from posterior.utils import atomic_write, write_json  # noqa: E402
 
@@ -73,7 +74,7 @@ def evaluate(name: str, num_samples: int, steps: int, figures: Path) -> dict:
     prior = pretrained(name)
     load_time = time.perf_counter() - start
     held_out = recipe.held_out()
-    train = recipe.batch(2000, torch.Generator().manual_seed(5))
+    train = recipe.batch(GAUSSIAN_FIT_SIZE, torch.Generator().manual_seed(5))  # as many as the network's Gaussian
     start = time.perf_counter()
     samples = prior.sample(num_samples, steps=steps, seed=0)
     sample_time = time.perf_counter() - start

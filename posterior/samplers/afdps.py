@@ -27,7 +27,10 @@ Output: weighted particles of ``chains`` independent runs, or an unweighted set 
 ``trace["log_evidence"][-1]`` estimates ``log p(y)``. Cost per particle-step: 1 NFE, no backprop
 through the network (``tweedie``: plus ``r`` vector-Jacobian products, ``r`` the rank of ``A``).
 
-Measured (separated 25-mode mixtures, ``benchmarks/gmm.py``; see ``docs/benchmarks.md``).
+Measured (``benchmarks/gmm.py``, 100 steps, ``docs/benchmarks.md``): on separated 25-mode mixtures
+in d = 8 and 64, 4 runs x 4096 particles reach 0.8x and 1.3x the sliced-Wasserstein floor (mode TV
+0.04, 0.02), falling from 2.5-2.8x at 16 particles; 1.5-1.7x on overlapping modes at any split of a
+2048-particle budget. Cost on the digits prior: 1.01x the bare network time at equal NFE.
 """
 
 from __future__ import annotations
@@ -85,7 +88,7 @@ class AFDPS(TwistedSampler):
         if self.tempering_scale is not None and not self.tempering_scale > 0:
             raise ValueError(f"tempering_scale must be > 0, got {self.tempering_scale}")
 
-    def setup(self, problem, prior, n):
+    def setup(self, problem, prior):
         twist = self.twist
         if twist in ("auto", "tweedie", "noisy"):
             try:

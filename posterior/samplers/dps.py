@@ -18,7 +18,8 @@ it moves along a gradient taken through the denoiser:
   likelihood score; ``zeta = 1`` is the unscaled approximation, usable for any noise model.
 
 Output: approximate posterior samples; not a calibrated sampler (the guidance is biased and the
-step size dominates). Cost per step: 1 NFE and 1 vector-Jacobian product through the network.
+step size dominates). Cost per step: 1 NFE and 1 vector-Jacobian product through the network, plus
+1 NFE per optional Levenberg-Marquardt-Langevin corrector step (``corrector_steps``).
 
 Measured (2-D separated mixture, one row, sigma_y = 0.5, 500 samples): the residual step at 100
 steps lands at 1.6x the sliced-Wasserstein floor; the unscaled likelihood step (``zeta = 1``)
@@ -34,6 +35,7 @@ import torch
 
 from posterior.priors.integrators import ancestral_step, sigma_grid
 from posterior.samplers.base import Sampler, check_finite, tweedie_guidance
+from posterior.samplers.lml import LikelihoodSurrogate, lml_correct
 from posterior.utils import progress_bar, randn
 
 
@@ -52,12 +54,19 @@ class DPS(Sampler):
         ``"residual"`` (the paper) or ``"likelihood"``.
     rho : float
         Exponent of the EDM noise-level grid between the prior's ``sigma_max`` and ``sigma_min``.
+    corrector_steps : int
+        Levenberg-Marquardt-Langevin corrector steps after each DPS step (0: plain DPS), on the
+        surrogate posterior of :class:`~posterior.samplers.lml.LikelihoodSurrogate`; 1 NFE each.
+    corrector_step_size : float
+        ``h`` of the corrector (see :func:`posterior.samplers.lml.lml_correct`).
     """
 
     steps: int = 1000
     step_size: float = 1.0
     guidance: str = "residual"
     rho: float = 7.0
+    corrector_steps: int = 0
+    corrector_step_size: float = 0.2
 
     kind = "samples"
 
@@ -70,6 +79,8 @@ class DPS(Sampler):
             raise ValueError(f"step_size must be > 0, got {self.step_size}")
         if not self.rho > 0:
             raise ValueError(f"rho must be > 0, got {self.rho}")
+        if self.corrector_steps < 0 or not self.corrector_step_size > 0:
+            raise ValueError("corrector_steps must be >= 0 and corrector_step_size > 0")
 
     def run(self, problem, prior, chains, num_samples, generator, progress, callback):
         x_shape = (chains * num_samples, *prior.event_shape)
@@ -79,6 +90,9 @@ class DPS(Sampler):
         )
         sigmas = torch.cat([sigmas, sigmas.new_zeros(1)])
         x = sigmas[0] * randn(x_shape, generator, dtype, device)
+        surrogate = (
+            LikelihoodSurrogate.of(problem, prior, 1.0, "DPS corrector") if self.corrector_steps else None
+        )
         for i in progress_bar(range(self.steps), progress, "DPS"):
             sigma, sigma_next = sigmas[i], sigmas[i + 1]
             x0_hat, grad = tweedie_guidance(problem, prior, x, sigma, self.guidance)
@@ -87,6 +101,10 @@ class DPS(Sampler):
                 x = x_next + self.step_size * grad
             else:
                 x = x_next + self.step_size * (sigma**2 - sigma_next**2) * grad
+            for _ in range(self.corrector_steps if float(sigma_next) > 0 else 0):
+                x = lml_correct(
+                    problem, prior, surrogate, x, sigma_next, self.corrector_step_size, 1.0, generator
+                )[0]
             check_finite(x, "DPS", i, float(sigma))
             if callback is not None:
                 callback(i, {"x": x, "x0_hat": x0_hat, "sigma": sigma})

@@ -123,6 +123,43 @@ def log_proposal(x_to: Tensor, x_from: Tensor, score_from: Tensor, P: Preconditi
     )
 
 
+def lml_correct(
+    problem,
+    prior,
+    surrogate,
+    x: Tensor,
+    sigma: Tensor,
+    h: float,
+    prior_std: float,
+    generator,
+    metropolis: bool = False,
+) -> tuple[Tensor, int]:
+    """One LML corrector step at level ``sigma`` on the surrogate posterior ``p_sigma(x) p_sigma(y | x)``.
+
+    The preconditioner is ``surrogate.preconditioner(sigma, prior_std)``; with ``metropolis`` the step is
+    accepted or rejected against that target (analytic priors). Returns the new states and the number
+    of accepted proposals (0 without ``metropolis``). 1 NFE (2 with ``metropolis``).
+    """
+    P = surrogate.preconditioner(sigma, prior_std)
+    score = surrogate.score(problem, prior, x, sigma)
+    proposal = lml_step(x, score, P, h, generator)
+    if not metropolis:
+        return proposal, 0
+
+    def log_target(z):
+        return prior.log_prob(z, sigma) + surrogate.log_density(problem, z, sigma)
+
+    log_alpha = (
+        log_target(proposal)
+        - log_target(x)
+        + log_proposal(x, proposal, surrogate.score(problem, prior, proposal, sigma), P, h)
+        - log_proposal(proposal, x, score, P, h)
+    )
+    u = torch.rand(x.shape[0], generator=generator, dtype=x.dtype, device=generator.device).to(x.device)
+    accept = torch.log(u) < log_alpha
+    return torch.where(accept.reshape(-1, *[1] * (x.dim() - 1)), proposal, x), int(accept.sum())
+
+
 def reshape_direction(g: Tensor, g_previous: Tensor | None, kappa: float, lam: float) -> Tensor:
     """The released code's deterministic variant: remove from the increment ``g`` its component along
     ``v = kappa g_prev + (1 - kappa) g`` (damped by ``lam``), then restore the norm of ``g``. Not a sampler."""
@@ -266,7 +303,17 @@ class LevenbergMarquardtLangevin(Sampler):
                 increment, x_next = x_next - x, x + new
             x = x_next
             for _ in range(self.corrector_steps):
-                x, ok = self._correct(problem, prior, surrogate, x, sigma_next, generator)
+                x, ok = lml_correct(
+                    problem,
+                    prior,
+                    surrogate,
+                    x,
+                    sigma_next,
+                    self.step_size,
+                    self.prior_std,
+                    generator,
+                    self.metropolis,
+                )
                 accepted, proposed = accepted + ok, proposed + x.shape[0]
             check_finite(x, "LevenbergMarquardtLangevin", i, float(sigma_next))
             if callback is not None:
@@ -276,23 +323,3 @@ class LevenbergMarquardtLangevin(Sampler):
         if self.metropolis:
             trace["acceptance"] = torch.tensor([accepted / max(proposed, 1)])
         return x0_hat + sigmas[-1] ** 2 * grad, trace
-
-    def _correct(self, problem, prior, surrogate, x, sigma, generator):
-        P, h = surrogate.preconditioner(sigma, self.prior_std), self.step_size
-        score = surrogate.score(problem, prior, x, sigma)
-        proposal = lml_step(x, score, P, h, generator)
-        if not self.metropolis:
-            return proposal, 0
-
-        def log_target(z):
-            return prior.log_prob(z, sigma) + surrogate.log_density(problem, z, sigma)
-
-        log_alpha = (
-            log_target(proposal)
-            - log_target(x)
-            + log_proposal(x, proposal, surrogate.score(problem, prior, proposal, sigma), P, h)
-            - log_proposal(proposal, x, score, P, h)
-        )
-        u = torch.rand(x.shape[0], generator=generator, dtype=x.dtype, device=generator.device).to(x.device)
-        accept = torch.log(u) < log_alpha
-        return torch.where(accept.reshape(-1, *[1] * (x.dim() - 1)), proposal, x), int(accept.sum())

@@ -149,8 +149,8 @@ class ParticleSampler(Sampler):
             raise ValueError(f"max_bisections must be >= 0, got {self.max_bisections}")
 
     # -- the hooks of a particle sampler ---------------------------------------------------------
-    def setup(self, problem, prior, n: int):
-        """Problem-specific precomputation for ``n`` particles (checked here, before any NFE)."""
+    def setup(self, problem, prior):
+        """Problem-specific precomputation and checks (before any NFE); passed to the other hooks."""
         return None
 
     def grid(self, ctx, prior, dtype, device) -> Tensor:
@@ -175,7 +175,7 @@ class ParticleSampler(Sampler):
         B, N = chains, num_samples
         name = type(self).__name__
         dtype, device = problem.y.dtype, problem.y.device
-        ctx = self.setup(problem, prior, B * N)
+        ctx = self.setup(problem, prior)
         sigmas = self.grid(ctx, prior, dtype, device)
         with torch.no_grad():
             x = sigmas[0] * randn((B * N, *prior.event_shape), generator, dtype, device)

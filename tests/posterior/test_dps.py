@@ -137,3 +137,17 @@ def test_dps_stops_on_nan():
         post.samplers.DPS(steps=10, guidance="likelihood", step_size=1e30).sample(
             problem, prior, 2, progress=False
         )
+
+
+def test_lml_corrector_adds_one_nfe_per_step_and_stays_finite():
+    prior = image_prior()
+    operator, noise = OPERATOR_NOISE["inpainting-gaussian"]()
+    y = noise.sample(operator(prior.sample(1, seed=1)), torch.Generator().manual_seed(2))[0]
+    problem = post.InverseProblem(operator, noise, y)
+    plain = post.samplers.DPS(steps=10).sample(problem, prior, 4, seed=0, progress=False)
+    corrected = post.samplers.DPS(steps=10, corrector_steps=2).sample(problem, prior, 4, seed=0, progress=False)
+    assert corrected.nfe == plain.nfe + 2 * 9  # none after the last step, to sigma = 0
+    assert bool(torch.isfinite(corrected.samples).all())
+    assert not torch.allclose(corrected.samples, plain.samples)
+    with pytest.raises(ValueError, match="corrector"):
+        post.samplers.DPS(corrector_steps=-1)

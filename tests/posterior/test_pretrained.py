@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from posterior.priors import Gaussian, NetworkPrior, info, noise_classifier, pretrained
-from posterior.priors.training import RECIPES, classifier_accuracy
+from posterior.priors.training import GAUSSIAN_FIT_SIZE, RECIPES, classifier_accuracy
 
 pytest.importorskip("sklearn")  # the digits' held-out images come from scikit-learn
 NAMES = ["digits", "phantoms"]
@@ -14,7 +14,8 @@ NAMES = ["digits", "phantoms"]
 def bundle(request):
     name = request.param
     recipe = RECIPES[name]
-    return name, pretrained(name), recipe.held_out(), recipe.batch(2000, torch.Generator().manual_seed(5))
+    train = recipe.batch(GAUSSIAN_FIT_SIZE, torch.Generator().manual_seed(5))  # as many as the network's Gaussian
+    return name, pretrained(name), recipe.held_out(), train
 
 
 def test_loads_offline_with_metadata(bundle):
