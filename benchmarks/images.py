@@ -3,8 +3,10 @@
 Tasks on held-out digits (16x16, values in [0, 1], Gaussian noise ``sigma_y``): box inpainting
 (the central 8x8 block missing), 2x super-resolution (average pooling) and Gaussian deblurring
 (std 1 pixel, circular). Every image gets its own measurement; all images and draws run as one
-batch (a batched ``y``). Reported per sampler: PSNR of the mean of ``--draws`` draws per image
-against the ground truth (mean over images), the mean per-pixel posterior std, NFE, VJPs, time.
+batch (a batched ``y``, one measurement per chain: chain ``i`` is image ``i``; for the SMC samplers one
+run of ``--draws`` particles per image). Reported per sampler: PSNR of the (weighted) mean of the
+draws per image against the ground truth (mean over images), the mean per-pixel posterior std, NFE,
+VJPs, time.
 
     python benchmarks/images.py dps reddiff --steps 100 500 --images 32 --draws 4
 
@@ -37,6 +39,8 @@ SAMPLERS = {  # name -> (steps, one-image problem) -> sampler
         steps=steps, sigma_min=0.05, init="pinv"
     ),
     "reddiff-paper": lambda steps, problem: post.samplers.RedDiff.paper(problem, steps=steps),
+    "afdps": lambda steps, problem: post.samplers.AFDPS(steps=steps),
+    "mcgdiff": lambda steps, problem: post.samplers.MCGdiff(steps=steps),
 }
 
 
@@ -47,12 +51,16 @@ def run_task(
     noise = ops.GaussianNoise(sigma_y)
     n = images.shape[0]
     y = noise.sample(operator(images), torch.Generator().manual_seed(1))
-    y_batch = y.repeat_interleave(draws, dim=0)  # (n * draws, *out_shape): draw j of image i pairs with y[i]
-    problem = post.InverseProblem(operator, noise, y_batch)
+    problem = post.InverseProblem(operator, noise, y)  # one measurement per chain: chain i is image i
     sampler = SAMPLERS[sampler_name](steps, post.InverseProblem(operator, noise, y[0]))
-    result = sampler.sample(problem, prior, n * draws, seed=0, progress=False)
-    per_image = result.flat().reshape(n, draws, *SHAPE)
-    mean = per_image.mean(1)
+    result = sampler.sample(problem, prior, draws, chains=n, seed=0, progress=False)
+    per_image = result.samples
+    if result.log_weights is None:
+        mean, std = per_image.mean(1), per_image.std(1)
+    else:  # SMC: one run per image, weighted particles
+        w = torch.softmax(result.log_weights, dim=1).to(per_image.dtype)
+        mean = torch.einsum("nd,nd...->n...", w, per_image)
+        std = torch.einsum("nd,nd...->n...", w, (per_image - mean[:, None]) ** 2).sqrt()
     psnr = sum(metrics.psnr(mean[i].clamp(0, 1), images[i]) for i in range(n)) / n
     return {
         "task": task,
@@ -65,7 +73,7 @@ def run_task(
             metrics.psnr(operator.pinv(y[i : i + 1])[0].clamp(0, 1), images[i]) for i in range(n)
         )
         / n,
-        "posterior_std": float(per_image.std(1).mean()) if draws > 1 else float("nan"),
+        "posterior_std": float(std.mean()) if draws > 1 else float("nan"),
         "wall_time": result.wall_time,
     }
 

@@ -174,6 +174,13 @@ class ParticleSampler(Sampler):
     def run(self, problem, prior, chains, num_samples, generator, progress, callback):
         B, N = chains, num_samples
         name = type(self).__name__
+        if problem.batched:
+            per_run = problem.y.reshape(B, N, -1)
+            if not bool((per_run == per_run[:, :1]).all()):
+                raise ValueError(
+                    f"{name}: the particles of a run share one measurement; give y one per chain "
+                    f"(shape ({B}, *out_shape)), not one per particle"
+                )
         dtype, device = problem.y.dtype, problem.y.device
         ctx = self.setup(problem, prior)
         sigmas = self.grid(ctx, prior, dtype, device)

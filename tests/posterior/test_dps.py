@@ -145,7 +145,9 @@ def test_lml_corrector_adds_one_nfe_per_step_and_stays_finite():
     y = noise.sample(operator(prior.sample(1, seed=1)), torch.Generator().manual_seed(2))[0]
     problem = post.InverseProblem(operator, noise, y)
     plain = post.samplers.DPS(steps=10).sample(problem, prior, 4, seed=0, progress=False)
-    corrected = post.samplers.DPS(steps=10, corrector_steps=2).sample(problem, prior, 4, seed=0, progress=False)
+    corrected = post.samplers.DPS(steps=10, corrector_steps=2).sample(
+        problem, prior, 4, seed=0, progress=False
+    )
     assert corrected.nfe == plain.nfe + 2 * 9  # none after the last step, to sigma = 0
     assert bool(torch.isfinite(corrected.samples).all())
     assert not torch.allclose(corrected.samples, plain.samples)

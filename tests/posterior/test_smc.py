@@ -268,6 +268,10 @@ def test_batched_measurements_must_match_runs_or_particles():
     prior, problem = mixture_problem(batch=3)
     with pytest.raises(ValueError, match="one per chain"):
         post.samplers.MCGdiff(steps=10).sample(problem, prior, 4, chains=2, progress=False)
+    # one measurement per particle would let resampling mix problems: refused
+    prior, problem = mixture_problem(batch=4)
+    with pytest.raises(ValueError, match="share one measurement"):
+        post.samplers.MCGdiff(steps=10).sample(problem, prior, 2, chains=2, progress=False)
 
 
 def test_digits_box_inpainting_gives_different_completions_where_the_data_is_ambiguous():
