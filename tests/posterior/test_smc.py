@@ -276,9 +276,9 @@ def test_batched_measurements_must_match_runs_or_particles():
 
 def test_digits_box_inpainting_gives_different_completions_where_the_data_is_ambiguous():
     """The bundled digits prior, the upper half hidden, 8 AFDPS runs of 8 particles (30 steps): the
-    posterior std in the hidden half is several times that in the observed half (measured 0.12 against
-    0.021), the runs' completions differ (largest distance between two runs' means in the hidden half
-    3.3, mean 2.1; 1.0 is a faint stroke), and the result carries weights and every run's ESS trace."""
+    posterior std in the hidden half is several times that in the observed half (measured 0.10 against
+    0.016), the runs' completions differ (largest distance between two runs' means in the hidden half
+    2.7, mean 1.8; 1.0 is a faint stroke), and the result carries weights and every run's ESS trace."""
     pytest.importorskip("sklearn")
     from posterior.data import digits
     from posterior.priors import pretrained
