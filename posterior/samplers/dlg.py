@@ -39,7 +39,7 @@ from torch import Tensor
 
 from posterior.priors.integrators import ancestral_step, sigma_grid
 from posterior.samplers.base import Sampler, check_finite
-from posterior.samplers.lml import LikelihoodSurrogate, _per_sample, lml_step
+from posterior.samplers.lml import LikelihoodSurrogate, lml_step, per_sample
 from posterior.utils import progress_bar, randn
 
 SIGMA_POSTERIORS = ("auto", "exact", "classifier", "residual")
@@ -177,19 +177,19 @@ class DenoisingLangevinGibbs(Sampler):
 
         def velocity(z, s):
             x0_hat, grad = surrogate.denoise_and_guide(problem, prior, z, s)
-            return (z - x0_hat - _per_sample(s, z.dim()) ** 2 * grad) / _per_sample(s, z.dim())
+            return (z - x0_hat - per_sample(s, z.dim()) ** 2 * grad) / per_sample(s, z.dim())
 
         ratio = torch.linspace(0, 1, self.ode_steps + 1, dtype=x.dtype, device=x.device)
         levels = sigma[None, :] * (sigma_end / sigma[None, :]) ** ratio[:, None]  # (steps + 1, chains)
         z = x
         for k in range(self.ode_steps):
             s, s_next = levels[k], levels[k + 1]
-            step = _per_sample(s_next - s, z.dim())
+            step = per_sample(s_next - s, z.dim())
             d = velocity(z, s)
             z_euler = z + step * d
             z = z + step * 0.5 * (d + velocity(z_euler, s_next))
         x0_hat, grad = surrogate.denoise_and_guide(problem, prior, z, levels[-1])
-        return x0_hat + _per_sample(levels[-1], z.dim()) ** 2 * grad
+        return x0_hat + per_sample(levels[-1], z.dim()) ** 2 * grad
 
 
 def draw_categorical(logits: Tensor, generator) -> Tensor:

@@ -175,7 +175,7 @@ def reshape_direction(g: Tensor, g_previous: Tensor | None, kappa: float, lam: f
     return out * scale.reshape(shape)
 
 
-def _per_sample(value: Tensor, dims: int) -> Tensor:
+def per_sample(value: Tensor, dims: int) -> Tensor:
     """A scalar, or shape ``(n,)`` reshaped to broadcast against ``(n, ...)`` with ``dims`` dimensions."""
     return value.reshape(-1, *[1] * (dims - 1)) if value.dim() else value
 
@@ -204,7 +204,7 @@ class LikelihoodSurrogate:
 
     def variance(self, sigma: Tensor) -> Tensor:
         """``tau_j^2 + gamma sigma^2``, shape ``(r,)`` or ``(n, r)``."""
-        return self.svd.tau2 + self.gamma * _per_sample(sigma, 2) ** 2
+        return self.svd.tau2 + self.gamma * per_sample(sigma, 2) ** 2
 
     def denoise_and_guide(self, problem, prior, x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
         """``D(x, sigma)`` (1 NFE) and ``grad_x log p_sigma(y | x)``, both of shape ``x.shape``."""
@@ -212,7 +212,7 @@ class LikelihoodSurrogate:
             lg = self.svd
             return prior.denoise(x, sigma), lg.svd.v((lg.u - lg.coords(x)) / self.variance(sigma))
         x0_hat, grad = tweedie_guidance(problem, prior, x, sigma, "likelihood")
-        return x0_hat, _per_sample(tempering(sigma, self.tau_ref), x.dim()) * grad
+        return x0_hat, per_sample(tempering(sigma, self.tau_ref), x.dim()) * grad
 
     def log_density(self, problem, x: Tensor, sigma: Tensor) -> Tensor:
         """``log p_sigma(y | x)``, shape ``(n,)``: normalised for the Gaussian surrogate (its log-det
@@ -232,7 +232,7 @@ class LikelihoodSurrogate:
     def score(self, problem, prior, x: Tensor, sigma: Tensor) -> Tensor:
         """Posterior score at level ``sigma``: ``(D(x, sigma) - x) / sigma^2 + grad log p_sigma(y | x)``."""
         x0_hat, grad = self.denoise_and_guide(problem, prior, x, sigma)
-        return (x0_hat - x) / _per_sample(sigma, x.dim()) ** 2 + grad
+        return (x0_hat - x) / per_sample(sigma, x.dim()) ** 2 + grad
 
 
 @dataclass
