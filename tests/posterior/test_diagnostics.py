@@ -1,6 +1,7 @@
 """Convergence and weight diagnostics: warnings fire on unconverged chains and stay silent otherwise."""
 
 import warnings
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -68,3 +69,51 @@ def test_weight_diagnostics_of_an_smc_run_and_refusals():
     with pytest.raises(ValueError, match="no importance weights"):
         post.diagnostics.weights(flat)
     assert post.diagnostics.cost(result)["nfe"] == result.nfe
+
+
+@dataclass
+class ExactPosterior(post.samplers.Sampler):
+    """Exact posterior draws, one problem per chain; ``shrink < 1`` pulls them toward the posterior mean
+    (a deliberately overconfident sampler)."""
+
+    shrink: float = 1.0
+
+    def run(self, problem, prior, chains, num_samples, generator, progress, callback):
+        ys = problem.y.reshape(chains, num_samples, *problem.operator.out_shape)[:, 0]
+        draws = []
+        for y in ys:
+            exact = prior.posterior(post.InverseProblem(problem.operator, problem.noise, y))
+            x = exact.sample(num_samples, seed=generator)
+            draws.append(exact.mean() + self.shrink * (x - exact.mean()))
+        return torch.cat(draws), {}
+
+
+def calibration_setup():
+    prior = GaussianMixture.grid(2, seed=0)
+    A = ops.Matrix(torch.tensor([[0.6, 0.8]], dtype=torch.float64))
+    return prior, A, ops.GaussianNoise(0.5)
+
+
+def test_exact_posterior_passes_calibration_at_the_nominal_rate():
+    """20 seeds of 200 problems x 99 exact draws on a multimodal 2-D posterior: the SBC histogram test
+    (Bonferroni-adjusted level 0.01) and the coverage of four central intervals (3 standard errors)
+    pass together in at least 18 (their joint false-alarm rate is about 2%: P(> 2 of 20) < 0.01).
+    Measured: none of the 20 fails; the 95% intervals cover 0.951 on average."""
+    prior, A, noise = calibration_setup()
+    failures = 0
+    for seed in range(20):
+        report = post.diagnostics.calibrate(ExactPosterior(), prior, A, noise, n_problems=200, seed=seed)
+        failures += not report["calibrated"]
+    assert report["ranks"].shape == (200, 2)
+    assert failures <= 2
+
+
+def test_overconfident_sampler_fails_calibration():
+    """Exact draws shrunk halfway toward the posterior mean: ranks pile up at 0 and 1 (SBC p-value 8e-68)
+    and the 50% interval covers 0.145 of the truths (measured); the report says so."""
+    prior, A, noise = calibration_setup()
+    report = post.diagnostics.calibrate(ExactPosterior(shrink=0.5), prior, A, noise, n_problems=200, seed=0)
+    assert not report["calibrated"] and report["sbc_pvalue"] < 0.01
+    assert report["coverage"][0.5] < 0.5 - 3 * report["coverage_se"][0.5]
+    with pytest.raises(ValueError, match="n_problems"):
+        post.diagnostics.calibrate(ExactPosterior(), prior, A, noise, n_problems=20)
