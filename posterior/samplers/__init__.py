@@ -4,6 +4,7 @@ from posterior.samplers.afdps import AFDPS
 from posterior.samplers.base import Sampler
 from posterior.samplers.dlg import DenoisingLangevinGibbs
 from posterior.samplers.dps import DPS
+from posterior.samplers.exact import ExactPosterior
 from posterior.samplers.lml import LevenbergMarquardtLangevin
 from posterior.samplers.mcgdiff import MCGdiff
 from posterior.samplers.reddiff import RedDiff
@@ -14,6 +15,7 @@ __all__ = [
     "AFDPS",
     "DPS",
     "DenoisingLangevinGibbs",
+    "ExactPosterior",
     "LevenbergMarquardtLangevin",
     "MCGdiff",
     "ParticleSampler",

@@ -87,3 +87,10 @@ def test_mcmc_digits_benchmark(tmp_path):
         ["--chains", "2", "--draws", "4", "--burn-in", "2", "--thin", "1", "--out", str(tmp_path / "m.json")]
     )
     assert row["max_rhat"] > 0 and row["min_ess_bulk"] > 0
+
+
+def test_calibration_benchmark(tmp_path):
+    rows = load("calibration").main(
+        ["exact", "dps", "--problems", "50", "--steps", "5", "--out", str(tmp_path / "c.json")]
+    )
+    assert [r["sampler"] for r in rows] == ["exact", "dps"] and 0 <= rows[0]["coverage"][0.5] <= 1

@@ -1,7 +1,6 @@
 """Convergence and weight diagnostics: warnings fire on unconverged chains and stay silent otherwise."""
 
 import warnings
-from dataclasses import dataclass
 
 import pytest
 import torch
@@ -71,21 +70,12 @@ def test_weight_diagnostics_of_an_smc_run_and_refusals():
     assert post.diagnostics.cost(result)["nfe"] == result.nfe
 
 
-@dataclass
-class ExactPosterior(post.samplers.Sampler):
-    """Exact posterior draws, one problem per chain; ``shrink < 1`` pulls them toward the posterior mean
-    (a deliberately overconfident sampler)."""
+class Overconfident(post.samplers.ExactPosterior):
+    """Exact draws shrunk halfway toward the posterior mean: a deliberately overconfident sampler."""
 
-    shrink: float = 1.0
-
-    def run(self, problem, prior, chains, num_samples, generator, progress, callback):
-        ys = problem.y.reshape(chains, num_samples, *problem.operator.out_shape)[:, 0]
-        draws = []
-        for y in ys:
-            exact = prior.posterior(post.InverseProblem(problem.operator, problem.noise, y))
-            x = exact.sample(num_samples, seed=generator)
-            draws.append(exact.mean() + self.shrink * (x - exact.mean()))
-        return torch.cat(draws), {}
+    def draw(self, exact, n, generator):
+        x = exact.sample(n, seed=generator)
+        return exact.mean() + 0.5 * (x - exact.mean())
 
 
 def calibration_setup():
@@ -102,7 +92,9 @@ def test_exact_posterior_passes_calibration_at_the_nominal_rate():
     prior, A, noise = calibration_setup()
     failures = 0
     for seed in range(20):
-        report = post.diagnostics.calibrate(ExactPosterior(), prior, A, noise, n_problems=200, seed=seed)
+        report = post.diagnostics.calibrate(
+            post.samplers.ExactPosterior(), prior, A, noise, n_problems=200, seed=seed
+        )
         failures += not report["calibrated"]
     assert report["ranks"].shape == (200, 2)
     assert failures <= 2
@@ -112,8 +104,18 @@ def test_overconfident_sampler_fails_calibration():
     """Exact draws shrunk halfway toward the posterior mean: ranks pile up at 0 and 1 (SBC p-value 8e-68)
     and the 50% interval covers 0.145 of the truths (measured); the report says so."""
     prior, A, noise = calibration_setup()
-    report = post.diagnostics.calibrate(ExactPosterior(shrink=0.5), prior, A, noise, n_problems=200, seed=0)
+    report = post.diagnostics.calibrate(Overconfident(), prior, A, noise, n_problems=200, seed=0)
     assert not report["calibrated"] and report["sbc_pvalue"] < 0.01
     assert report["coverage"][0.5] < 0.5 - 3 * report["coverage_se"][0.5]
     with pytest.raises(ValueError, match="n_problems"):
-        post.diagnostics.calibrate(ExactPosterior(), prior, A, noise, n_problems=20)
+        post.diagnostics.calibrate(post.samplers.ExactPosterior(), prior, A, noise, n_problems=20)
+
+
+def test_exact_posterior_sampler_on_a_single_measurement():
+    prior, A, noise = calibration_setup()
+    problem = post.InverseProblem(A, noise, torch.tensor([1.0], dtype=torch.float64))
+    result = post.samplers.ExactPosterior().sample(problem, prior, 2000, chains=2, seed=0, progress=False)
+    exact = prior.posterior(problem)
+    assert result.samples.shape == (2, 2000, 2) and result.nfe == 0
+    se = (exact.covariance().diagonal() / 4000).sqrt()
+    assert bool(((result.mean() - exact.mean()).abs() < 4 * se).all())
