@@ -4,7 +4,7 @@
 (``sigma_y = 0.5``): ``--problems`` simulated ``(x*, y)`` pairs solved in one batched call, 99 draws
 (or particles: one SMC run per problem) each. Reported: the coverage of the central 50/80/90/95%
 intervals (binomial standard error ``sqrt(a (1 - a) / problems)``, 0.015 at 95% for 200 problems),
-the Bonferroni-adjusted SBC chi-square p-value, and whether both pass. Marginal calibration is
+the Bonferroni-adjusted SBC chi-square p-value, TARP's KS p-value, and whether all pass. Marginal calibration is
 necessary, not sufficient: a sampler can pass it and still be wrong for each ``y``
 (``benchmarks/gmm.py`` measures that).
 
@@ -53,9 +53,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(
         "| sampler | "
         + " | ".join(f"{int(100 * a)}% coverage" for a in LEVELS)
-        + " | SBC p | calibrated | time |"
+        + " | SBC p | TARP p | calibrated | time |"
     )
-    print("|---|" + "---|" * (len(LEVELS) + 3))
+    print("|---|" + "---|" * (len(LEVELS) + 4))
     rows = []
     for name in args.samplers:
         start = time.perf_counter()
@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             "sampler": name,
             "coverage": report["coverage"],
             "sbc_pvalue": report["sbc_pvalue"],
+            "tarp_pvalue": report["tarp_pvalue"],
             "calibrated": report["calibrated"],
             "seconds": time.perf_counter() - start,
         }
@@ -73,7 +74,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         cells = " | ".join(f"{row['coverage'][a]:.2f}" for a in LEVELS)
         verdict = "yes" if row["calibrated"] else "no"
         print(
-            f"| {name} | {cells} | {row['sbc_pvalue']:.2g} | {verdict} | {row['seconds']:.0f} s |", flush=True
+            f"| {name} | {cells} | {row['sbc_pvalue']:.2g} | {row['tarp_pvalue']:.2g} | {verdict} | "
+            f"{row['seconds']:.0f} s |",
+            flush=True,
         )
     write_json(args.out, {"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows})
     print(f"JSON written to {args.out}")

@@ -7,9 +7,11 @@
 - :func:`weights`: for SMC results, each run's smallest ESS along the grid, its number of
   resamplings, the final largest normalised weight, and the spread of the runs' log-evidence.
 - :func:`cost`: NFE, gradient evaluations and time, per draw.
-- :func:`calibrate`: simulation-based calibration (Talts et al. 2018, arXiv:1804.06788) and the
-  coverage of central credible intervals, over many ``(x*, y)`` pairs drawn from the prior and the
-  noise model, all solved in one batched call.
+- :func:`calibrate`: simulation-based calibration (Talts et al. 2018, arXiv:1804.06788), the
+  coverage of central credible intervals, and TARP (Lemos et al., ICML 2023, arXiv:2302.03026: the
+  coverage of balls around random reference points, a test of the whole joint posterior in any
+  dimension), over many ``(x*, y)`` pairs drawn from the prior and the noise model, all solved in
+  one batched call.
 
 R-hat and ESS compare chains with each other. Chains that agree can still all be wrong (the quickstart
 shows four RED-Diff fits with R-hat 1.00 far from the exact posterior): only exact posteriors or
@@ -205,7 +207,11 @@ def calibrate(
         (conservative: coordinates of one problem are correlated);
         ``sbc_pvalue``: the smallest chi-square p-value of the ``bins``-bin rank histograms of the
         coordinates, Bonferroni-adjusted (times their number, capped at 1);
-        ``calibrated``: ``sbc_pvalue > 0.01`` and every coverage within 3 standard errors;
+        ``tarp``: Tensor ``(n_problems,)``, the (randomised) fraction of draws closer to a reference
+        point than ``x*`` is, the reference being another problem's ``x*`` (a prior draw); uniform for a
+        calibrated sampler, and ``tarp_pvalue`` its Kolmogorov-Smirnov p-value;
+        ``calibrated``: ``sbc_pvalue > 0.01``, ``tarp_pvalue > 0.01`` and every coverage within 3
+        standard errors;
         ``result``: the :class:`PosteriorSamples`.
     """
     if n_problems < 5 * bins:
@@ -229,10 +235,13 @@ def calibrate(
         W = torch.full(x.shape[:2], 1.0 / num_samples, dtype=torch.float64, device=x.device)
     else:
         W = torch.softmax(result.log_weights.double(), dim=1).to(x.device)
-    jitter = torch.rand(n_problems, x.shape[2], generator=generator, dtype=torch.float64).to(x.device)
-    ranks = (num_samples * (W[:, :, None] * (x < truth)).sum(1) + jitter) / (
-        num_samples + 1
-    )  # (n_problems, d)
+    jitter = torch.rand(n_problems, x.shape[2] + 1, generator=generator, dtype=torch.float64).to(x.device)
+    below = (W[:, :, None] * (x < truth)).sum(1)  # (n_problems, d)
+    ranks = (num_samples * below + jitter[:, :-1]) / (num_samples + 1)
+    reference = truth.roll(1, 0)  # another problem's x*: a prior draw independent of this problem
+    closer = (x - reference).norm(dim=2) < (truth - reference).norm(dim=2)  # (n_problems, L)
+    tarp = (num_samples * (W * closer).sum(1) + jitter[:, -1]) / (num_samples + 1)
+    tarp_pvalue = float(stats.kstest(tarp.cpu().numpy(), "uniform").pvalue)
     coverage = {
         level: float(((ranks >= (1 - level) / 2) & (ranks <= (1 + level) / 2)).double().mean())
         for level in levels
@@ -242,12 +251,18 @@ def calibrate(
     counts = torch.stack([torch.bincount(edges[:, j], minlength=bins) for j in range(edges.shape[1])])
     pvalues = stats.chisquare(counts.cpu().numpy(), axis=1).pvalue
     sbc_pvalue = float(min(1.0, pvalues.min() * len(pvalues)))
-    calibrated = sbc_pvalue > 0.01 and all(abs(coverage[lv] - lv) <= 3 * coverage_se[lv] for lv in levels)
+    calibrated = (
+        sbc_pvalue > 0.01
+        and tarp_pvalue > 0.01
+        and all(abs(coverage[lv] - lv) <= 3 * coverage_se[lv] for lv in levels)
+    )
     return {
         "ranks": ranks.reshape(n_problems, *result.event_shape).cpu(),
         "coverage": coverage,
         "coverage_se": coverage_se,
         "sbc_pvalue": sbc_pvalue,
+        "tarp": tarp.cpu(),
+        "tarp_pvalue": tarp_pvalue,
         "calibrated": calibrated,
         "result": result,
     }

@@ -86,9 +86,10 @@ def calibration_setup():
 
 def test_exact_posterior_passes_calibration_at_the_nominal_rate():
     """20 seeds of 200 problems x 99 exact draws on a multimodal 2-D posterior: the SBC histogram test
-    (Bonferroni-adjusted level 0.01) and the coverage of four central intervals (3 standard errors)
-    pass together in at least 18 (their joint false-alarm rate is about 2%: P(> 2 of 20) < 0.01).
-    Measured: none of the 20 fails; the 95% intervals cover 0.951 on average."""
+    and TARP's KS test (level 0.01 each, SBC Bonferroni-adjusted) and the coverage of four central
+    intervals (3 standard errors) pass together in at least 18 (their joint false-alarm rate is about
+    3%: P(> 2 of 20) < 0.02). Measured: none of the 20 fails (smallest TARP p-value 0.025); the 95%
+    intervals cover 0.951 on average."""
     prior, A, noise = calibration_setup()
     failures = 0
     for seed in range(20):
@@ -101,11 +102,12 @@ def test_exact_posterior_passes_calibration_at_the_nominal_rate():
 
 
 def test_overconfident_sampler_fails_calibration():
-    """Exact draws shrunk halfway toward the posterior mean: ranks pile up at 0 and 1 (SBC p-value 8e-68)
-    and the 50% interval covers 0.145 of the truths (measured); the report says so."""
+    """Exact draws shrunk halfway toward the posterior mean: ranks pile up at 0 and 1 (SBC p-value 8e-68),
+    TARP rejects (4e-30) and the 50% interval covers 0.145 of the truths (measured); the report says so."""
     prior, A, noise = calibration_setup()
     report = post.diagnostics.calibrate(Overconfident(), prior, A, noise, n_problems=200, seed=0)
-    assert not report["calibrated"] and report["sbc_pvalue"] < 0.01
+    assert not report["calibrated"] and report["sbc_pvalue"] < 0.01 and report["tarp_pvalue"] < 0.01
+    assert report["tarp"].shape == (200,)
     assert report["coverage"][0.5] < 0.5 - 3 * report["coverage_se"][0.5]
     with pytest.raises(ValueError, match="n_problems"):
         post.diagnostics.calibrate(post.samplers.ExactPosterior(), prior, A, noise, n_problems=20)
