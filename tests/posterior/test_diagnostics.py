@@ -11,16 +11,7 @@ from posterior.diagnostics import ConvergenceWarning
 from posterior.priors import GaussianMixture
 
 
-def overlapping_problem():
-    prior = GaussianMixture.random(8, num_components=10, separation=2.0, std=1.0, seed=0)
-    g = torch.Generator().manual_seed(1000)
-    A = ops.Matrix(torch.randn(1, 8, generator=g, dtype=torch.float64) / 8**0.5)
-    noise = ops.GaussianNoise(0.5)
-    y = noise.sample(A(prior.sample(1, seed=2000)), g)[0]
-    return prior, post.InverseProblem(A, noise, y)
-
-
-def test_silent_on_exact_draws_arranged_as_chains():
+def test_silent_on_exact_draws_arranged_as_chains(overlapping_problem):
     """4 chains of 1000 independent exact posterior draws: converged by construction, so no warning
     (split R-hat of independent draws is 1 + O(1/n); measured max 1.001)."""
     prior, problem = overlapping_problem()
@@ -33,7 +24,7 @@ def test_silent_on_exact_draws_arranged_as_chains():
     assert report.rhat.shape == report.ess_tail.shape == (8,) and len(report.worst) == 5
 
 
-def test_warns_on_a_short_unconverged_run():
+def test_warns_on_a_short_unconverged_run(overlapping_problem):
     """Denoising Langevin Gibbs without burn-in, 4 chains of 10 consecutive draws: R-hat and ESS warnings."""
     prior, problem = overlapping_problem()
     result = post.samplers.DenoisingLangevinGibbs(burn_in=0, thin=1, init_steps=5, ode_steps=3).sample(
@@ -55,7 +46,7 @@ def test_chains_in_different_places_fail_rhat():
     assert report.rhat_max > 1.1 and report.fraction_rhat_above == 1.0
 
 
-def test_weight_diagnostics_of_an_smc_run_and_refusals():
+def test_weight_diagnostics_of_an_smc_run_and_refusals(overlapping_problem):
     prior, problem = overlapping_problem()
     result = post.samplers.MCGdiff(steps=20).sample(problem, prior, 64, chains=3, seed=0, progress=False)
     report = post.diagnostics.weights(result)

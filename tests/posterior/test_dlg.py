@@ -8,20 +8,10 @@ from scipy import stats
 
 import operators as ops
 import posterior as post
-from posterior.priors import GaussianMixture
 from posterior.samplers.dlg import draw_categorical
 
 
-def overlapping_problem(rows=1):
-    prior = GaussianMixture.random(8, num_components=10, separation=2.0, std=1.0, seed=0)
-    g = torch.Generator().manual_seed(1000)
-    A = ops.Matrix(torch.randn(rows, 8, generator=g, dtype=torch.float64) / 8**0.5)
-    noise = ops.GaussianNoise(0.5)
-    y = noise.sample(A(prior.sample(1, seed=2000)), g)[0]
-    return prior, post.InverseProblem(A, noise, y)
-
-
-def test_sigma_draws_follow_the_exact_sigma_conditional():
+def test_sigma_draws_follow_the_exact_sigma_conditional(overlapping_problem):
     """For three fixed states x, 20000 Gibbs draws of sigma match P(sigma_g | x, y) ∝ p_sigma_g(x)
     N(y; A x, sigma_y^2 I + sigma_g^2 A A^T), computed here independently (noised mixture and a dense
     Gaussian), by a chi-square test (bins with expected count < 5 merged) at level 1e-3."""
@@ -58,7 +48,7 @@ def test_sigma_draws_follow_the_exact_sigma_conditional():
         assert int(keep.sum()) >= 3  # the conditional is spread over several levels: a draw, not an argmax
 
 
-def test_overlapping_modes_within_three_times_the_floor():
+def test_overlapping_modes_within_three_times_the_floor(overlapping_problem):
     """100 chains x 10 draws (burn-in 100, thin 5): measured 1.4x the floor; the bar is 3x."""
     prior, problem = overlapping_problem()
     exact = prior.posterior(problem)
@@ -99,7 +89,7 @@ def test_digits_inpainting_chains_report_rhat_and_ess():
     assert bool(torch.isfinite(torch.as_tensor(rhat)).all()) and float(torch.as_tensor(ess).min()) > 0
 
 
-def test_residual_sigma_posterior_and_argument_checks():
+def test_residual_sigma_posterior_and_argument_checks(overlapping_problem):
     prior, problem = overlapping_problem()
     net_like = post.priors.DiffusionPrior.from_denoiser(prior.denoise, (8,), 0.002, 80.0, dtype=torch.float64)
     result = post.samplers.DenoisingLangevinGibbs(
