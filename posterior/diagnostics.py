@@ -8,10 +8,9 @@
   resamplings, the final largest normalised weight, and the spread of the runs' log-evidence.
 - :func:`cost`: NFE, gradient evaluations and time, per draw.
 - :func:`calibrate`: simulation-based calibration (Talts et al. 2018, arXiv:1804.06788), the
-  coverage of central credible intervals, and TARP (Lemos et al., ICML 2023, arXiv:2302.03026: the
-  coverage of balls around random reference points, a test of the whole joint posterior in any
-  dimension), over many ``(x*, y)`` pairs drawn from the prior and the noise model, all solved in
-  one batched call.
+  coverage of central credible intervals and of highest-density regions, and TARP (Lemos et al., ICML
+  2023, arXiv:2302.03026), each tested with :func:`ecdf_test` (Säilynoja et al. 2022), over many
+  ``(x*, y)`` pairs drawn from the prior and the noise model, all solved in one batched call.
 
 R-hat and ESS compare chains with each other. Chains that agree can still all be wrong (the quickstart
 shows four RED-Diff fits with R-hat 1.00 far from the exact posterior): only exact posteriors or
@@ -20,10 +19,12 @@ calibration tests say whether a sampler is right.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from scipy import stats
 from torch import Tensor
@@ -176,6 +177,130 @@ def cost(result: PosteriorSamples) -> dict:
     }
 
 
+def simulations(columns: int) -> int:
+    """Simulated uniform sets behind the p-values of ``columns`` tests: enough that a Bonferroni-adjusted
+    p-value can reach 0.001 (20,000 at least, 10^6 at most)."""
+    return min(10**6, max(20_000, 1000 * columns))
+
+
+@functools.lru_cache(maxsize=8)
+def _ecdf_reference(n: int, k: int, sims: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ECDF test's ingredients for ``n`` uniform values evaluated at ``z_j = j / (k + 1)``:
+    ``z`` (k,), the table ``P[c, j]`` (n + 1, k) of two-sided binomial tail probabilities of the count
+    ``c = n F(z_j)``, and the sorted statistics ``T = min_j P[c_j, j]`` of ``sims`` uniform sets (a fixed seed: the p-values are deterministic)."""
+    z = np.arange(1, k + 1) / (k + 1)
+    c = np.arange(n + 1)[:, None]
+    P = np.minimum(1.0, 2 * np.minimum(stats.binom.cdf(c, n, z), stats.binom.sf(c - 1, n, z)))
+    rng = np.random.default_rng(0)
+    T = []
+    for _ in range(sims // 1000):
+        cell = np.floor(rng.random((1000, n)) * (k + 1)).astype(np.int64) + (k + 1) * np.arange(1000)[:, None]
+        counts = np.bincount(cell.ravel(), minlength=1000 * (k + 1)).reshape(1000, k + 1).cumsum(1)[:, :k]
+        T.append(P[counts, np.arange(k)].min(1))
+    return z, P, np.sort(np.concatenate(T))
+
+
+def ecdf_test(u: Tensor, points: int = 100) -> tuple[Tensor, np.ndarray]:
+    """Simultaneous ECDF test of uniformity (Säilynoja, Bürkner and Vehtari 2022, "Graphical test for
+    discrete uniformity", Statistics and Computing 32:32), one column at a time.
+
+    The ECDF ``F`` of each column of ``u`` (n, m) is evaluated at ``k = min(n, points)`` interior points;
+    the statistic is the smallest two-sided binomial tail probability of ``n F(z_j)``, and its p-value
+    the fraction of simulated uniform sets (:func:`simulations`) with a statistic as small. Returns the p-values ``(m,)`` and
+    the statistics (for the band of :meth:`CalibrationReport.ecdf`).
+    """
+    n, m = u.shape
+    z, P, T = _ecdf_reference(n, min(n, points), simulations(m))
+    counts = (u.double().cpu().numpy()[:, :, None] <= z).sum(0)  # (m, k)
+    statistic = P[counts, np.arange(len(z))].min(1)
+    pvalues = (1 + np.searchsorted(T, statistic, side="right")) / (len(T) + 1)
+    return torch.as_tensor(pvalues), statistic
+
+
+@dataclass
+class CalibrationReport:
+    """What :func:`calibrate` measured, with the plot data.
+
+    Attributes
+    ----------
+    ranks : Tensor, shape (n_problems, *event_shape)
+        Randomised normalised ranks of ``x*`` among the draws, per coordinate: uniform on [0, 1] for
+        a calibrated sampler.
+    hpd_ranks : Tensor, shape (n_problems,)
+        Posterior mass of higher density than ``x*`` (``x*`` lies in the level-``a`` highest-density
+        region when it is below ``a``); uniform for a calibrated sampler.
+    tarp : Tensor, shape (n_problems,)
+        TARP's fraction of draws closer to a reference point than ``x*``; uniform when calibrated.
+    coverage, hpd_coverage : dict
+        ``{level: fraction}`` for central per-coordinate intervals and for highest-density regions.
+    coverage_se : dict
+        ``{level: sqrt(level (1 - level) / n_problems)}`` (conservative for the per-coordinate average).
+    sbc_pvalue, hpd_pvalue, tarp_pvalue : float
+        ECDF-band test p-values; ``sbc_pvalue`` is Bonferroni-adjusted over coordinates.
+    hpd_method : str
+        ``"exact"`` (the analytic posterior density) or ``"kde"`` (a leave-one-out kernel density of the
+        draws: any statistic symmetric in ``x*`` and the draws is uniform when they are exchangeable).
+    result : PosteriorSamples
+    """
+
+    ranks: Tensor
+    hpd_ranks: Tensor
+    tarp: Tensor
+    coverage: dict
+    hpd_coverage: dict
+    coverage_se: dict
+    sbc_pvalue: float
+    hpd_pvalue: float
+    tarp_pvalue: float
+    hpd_method: str
+    result: PosteriorSamples
+    alpha: float = 0.01
+
+    @property
+    def calibrated(self) -> bool:
+        """Every p-value above ``alpha`` and every coverage within 3 standard errors of its level."""
+        within = all(
+            abs(cov[a] - a) <= 3 * self.coverage_se[a]
+            for cov in (self.coverage, self.hpd_coverage)
+            for a in cov
+        )
+        return within and min(self.sbc_pvalue, self.hpd_pvalue, self.tarp_pvalue) > self.alpha
+
+    def ecdf(self, which: str = "ranks", level: float = 0.95, points: int = 100) -> dict:
+        """Plot data of the ECDF test: ``z`` (k,), the ECDFs ``F`` (m, k) of the chosen statistic
+        (``"ranks"``: one per coordinate, ``"hpd"``, ``"tarp"``) and the simultaneous ``level`` band
+        ``lower``, ``upper`` (k,) that one uniform ECDF leaves with probability ``1 - level``."""
+        u = {"ranks": self.ranks.reshape(self.ranks.shape[0], -1), "hpd": self.hpd_ranks[:, None]}.get(
+            which, self.tarp[:, None]
+        )
+        n = u.shape[0]
+        z, _, T = _ecdf_reference(n, min(n, points), simulations(1))
+        gamma = T[int((1 - level) * len(T))]
+        return {
+            "z": z,
+            "F": (u.double().numpy()[:, :, None] <= z).mean(0),
+            "lower": stats.binom.ppf(gamma / 2, n, z) / n,
+            "upper": stats.binom.isf(gamma / 2, n, z) / n,
+        }
+
+    def table(self) -> str:
+        """A Markdown table: nominal level, central-interval and HPD coverage, standard error."""
+        rows = ["| level | central intervals | HPD regions | s.e. |", "|---|---|---|---|"]
+        rows += [
+            f"| {a:.2f} | {self.coverage[a]:.3f} | {self.hpd_coverage[a]:.3f} | {self.coverage_se[a]:.3f} |"
+            for a in self.coverage
+        ]
+        return "\n".join(rows)
+
+    def __str__(self) -> str:
+        verdict = "calibrated" if self.calibrated else "NOT calibrated"
+        return (
+            f"{self.table()}\n\nECDF p-values: SBC ranks {self.sbc_pvalue:.3g} (Bonferroni), HPD "
+            f"({self.hpd_method}) {self.hpd_pvalue:.3g}, TARP {self.tarp_pvalue:.3g}: {verdict} at "
+            f"level {self.alpha}"
+        )
+
+
 def calibrate(
     sampler,
     prior,
@@ -185,41 +310,43 @@ def calibrate(
     n_problems: int = 200,
     num_samples: int = 99,
     levels: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95),
-    bins: int = 10,
+    truths: Tensor | None = None,
     seed: int = 0,
     progress: bool = False,
-) -> dict:
+) -> CalibrationReport:
     """Calibration of ``sampler`` over ``n_problems`` simulated problems.
 
-    Draws ``x*_b ~ prior`` and ``y_b ~ noise(operator(x*_b))``, runs the sampler once with one
-    measurement per chain (``chains = n_problems``, ``num_samples = L`` draws each; SMC samplers use
-    their weights), and per problem and coordinate computes the randomised normalised rank
-    ``u = (L sum_i W_i 1[x_i < x*] + U) / (L + 1)``, ``U ~ Uniform(0, 1)``: exactly uniform on [0, 1]
-    for exact draws (the integer rank ``k`` of SBC, spread over its cell so that interval coverage is
-    not biased by the grid ``k / L``).
+    Draws ``x*_b ~ prior`` (or takes ``truths``, e.g. held-out images) and ``y_b ~ noise(operator(x*_b))``,
+    runs the sampler once with one measurement per chain (``chains = n_problems``, ``num_samples = L``
+    draws each; SMC samplers use their weights ``W``), and per problem computes three statistics, each
+    uniform on [0, 1] for exact draws:
+
+    - per coordinate, the randomised rank ``u = (L sum_i W_i 1[x_i < x*] + U) / (L + 1)``, ``U ~ U(0, 1)``
+      (simulation-based calibration, Talts et al. 2018, arXiv:1804.06788; the integer rank spread over
+      its cell so that interval coverage is not biased by the grid ``k / L``);
+    - the HPD rank: the same with ``1[p(x_i | y) > p(x* | y)]``, the density exact for analytic priors
+      under linear-Gaussian problems and a leave-one-out kernel estimate otherwise;
+    - TARP (Lemos et al., ICML 2023, arXiv:2302.03026): the same with ``1[|x_i - r| < |x* - r|]``, the
+      reference ``r`` another problem's ``x*`` (a test of the whole joint in any dimension).
+
+    Each is tested with :func:`ecdf_test`. ``x*`` lies in the level-``a`` central interval when
+    ``(1 - a) / 2 <= u <= (1 + a) / 2`` and in the HPD region when its HPD rank is below ``a``.
 
     Returns
     -------
-    dict with
-        ``ranks``: Tensor ``(n_problems, *event_shape)``;
-        ``coverage``: ``{level: fraction of (problem, coordinate) pairs whose x* lies in the central
-        level-credible interval}``, and ``coverage_se``: its binomial standard error over problems
-        (conservative: coordinates of one problem are correlated);
-        ``sbc_pvalue``: the smallest chi-square p-value of the ``bins``-bin rank histograms of the
-        coordinates, Bonferroni-adjusted (times their number, capped at 1);
-        ``tarp``: Tensor ``(n_problems,)``, the (randomised) fraction of draws closer to a reference
-        point than ``x*`` is, the reference being another problem's ``x*`` (a prior draw); uniform for a
-        calibrated sampler, and ``tarp_pvalue`` its Kolmogorov-Smirnov p-value;
-        ``calibrated``: ``sbc_pvalue > 0.01``, ``tarp_pvalue > 0.01`` and every coverage within 3
-        standard errors;
-        ``result``: the :class:`PosteriorSamples`.
+    CalibrationReport
     """
-    if n_problems < 5 * bins:
-        raise ValueError(
-            f"n_problems must be >= 5 * bins = {5 * bins} for the chi-square test, got {n_problems}"
-        )
+    if n_problems < 20:
+        raise ValueError(f"n_problems must be >= 20 for the ECDF tests, got {n_problems}")
     generator = torch.Generator().manual_seed(seed)
-    x_true = prior.sample(n_problems, seed=seed)
+    if truths is None:
+        x_true = prior.sample(n_problems, seed=seed)
+    elif truths.shape[0] != n_problems or tuple(truths.shape[1:]) != tuple(prior.event_shape):
+        raise ValueError(
+            f"truths must have shape ({n_problems}, *{tuple(prior.event_shape)}), got {tuple(truths.shape)}"
+        )
+    else:
+        x_true = truths.to(dtype=prior.dtype, device=prior.device)
     y = noise.sample(operator(x_true), generator)
     result = sampler.sample(
         InverseProblem(operator, noise, y),
@@ -229,40 +356,68 @@ def calibrate(
         seed=seed + 1,
         progress=progress,
     )
-    x = result.samples.reshape(n_problems, num_samples, -1).double()
+    L = num_samples
+    x = result.samples.reshape(n_problems, L, -1).double()
     truth = x_true.reshape(n_problems, 1, -1).double().to(x.device)
     if result.log_weights is None:
-        W = torch.full(x.shape[:2], 1.0 / num_samples, dtype=torch.float64, device=x.device)
+        W = torch.full(x.shape[:2], 1.0 / L, dtype=torch.float64, device=x.device)
     else:
         W = torch.softmax(result.log_weights.double(), dim=1).to(x.device)
-    jitter = torch.rand(n_problems, x.shape[2] + 1, generator=generator, dtype=torch.float64).to(x.device)
-    below = (W[:, :, None] * (x < truth)).sum(1)  # (n_problems, d)
-    ranks = (num_samples * below + jitter[:, :-1]) / (num_samples + 1)
+    jitter = torch.rand(n_problems, x.shape[2] + 2, generator=generator, dtype=torch.float64).to(x.device)
+
+    def rank(indicator: Tensor, u: Tensor) -> Tensor:  # indicator (n_problems, L, ...) -> (n_problems, ...)
+        weights = W.reshape(*W.shape, *[1] * (indicator.dim() - 2))
+        return (L * (weights * indicator).sum(1) + u) / (L + 1)
+
+    ranks = rank(x < truth, jitter[:, :-2])
     reference = truth.roll(1, 0)  # another problem's x*: a prior draw independent of this problem
-    closer = (x - reference).norm(dim=2) < (truth - reference).norm(dim=2)  # (n_problems, L)
-    tarp = (num_samples * (W * closer).sum(1) + jitter[:, -1]) / (num_samples + 1)
-    tarp_pvalue = float(stats.kstest(tarp.cpu().numpy(), "uniform").pvalue)
-    coverage = {
-        level: float(((ranks >= (1 - level) / 2) & (ranks <= (1 + level) / 2)).double().mean())
-        for level in levels
-    }
-    coverage_se = {level: math.sqrt(level * (1 - level) / n_problems) for level in levels}
-    edges = torch.clamp((ranks * bins).floor().long(), max=bins - 1)
-    counts = torch.stack([torch.bincount(edges[:, j], minlength=bins) for j in range(edges.shape[1])])
-    pvalues = stats.chisquare(counts.cpu().numpy(), axis=1).pvalue
-    sbc_pvalue = float(min(1.0, pvalues.min() * len(pvalues)))
-    calibrated = (
-        sbc_pvalue > 0.01
-        and tarp_pvalue > 0.01
-        and all(abs(coverage[lv] - lv) <= 3 * coverage_se[lv] for lv in levels)
+    tarp = rank((x - reference).norm(dim=2) < (truth - reference).norm(dim=2), jitter[:, -1])
+    hpd_method = (
+        "exact"
+        if hasattr(prior, "posterior") and InverseProblem(operator, noise, y).is_linear_gaussian
+        else "kde"
     )
-    return {
-        "ranks": ranks.reshape(n_problems, *result.event_shape).cpu(),
-        "coverage": coverage,
-        "coverage_se": coverage_se,
-        "sbc_pvalue": sbc_pvalue,
-        "tarp": tarp.cpu(),
-        "tarp_pvalue": tarp_pvalue,
-        "calibrated": calibrated,
-        "result": result,
-    }
+    log_density = _log_density_exact if hpd_method == "exact" else _log_density_kde
+    density_draws, density_truth = log_density(prior, operator, noise, y, x, truth, W)
+    hpd_ranks = rank(density_draws > density_truth, jitter[:, -2])
+    coverage = {a: float(((ranks >= (1 - a) / 2) & (ranks <= (1 + a) / 2)).double().mean()) for a in levels}
+    sbc = ecdf_test(ranks)[0]
+    return CalibrationReport(
+        ranks=ranks.reshape(n_problems, *result.event_shape).cpu(),
+        hpd_ranks=hpd_ranks.cpu(),
+        tarp=tarp.cpu(),
+        coverage=coverage,
+        hpd_coverage={a: float((hpd_ranks < a).double().mean()) for a in levels},
+        coverage_se={a: math.sqrt(a * (1 - a) / n_problems) for a in levels},
+        sbc_pvalue=float(min(1.0, sbc.min() * len(sbc))),
+        hpd_pvalue=float(ecdf_test(hpd_ranks[:, None])[0][0]),
+        tarp_pvalue=float(ecdf_test(tarp[:, None])[0][0]),
+        hpd_method=hpd_method,
+        result=result,
+    )
+
+
+def _log_density_exact(prior, operator, noise, y, x, truth, W) -> tuple[Tensor, Tensor]:
+    """The exact posterior log-density of the draws ``(n_problems, L)`` and of ``x*`` ``(n_problems, 1)``."""
+    draws, true = [], []
+    for b in range(y.shape[0]):
+        exact = prior.posterior(InverseProblem(operator, noise, y[b]))
+        shape = (-1, *prior.event_shape)
+        draws.append(exact.log_prob(x[b].reshape(shape).to(prior.dtype)).double())
+        true.append(exact.log_prob(truth[b].reshape(shape).to(prior.dtype)).double())
+    return torch.stack(draws).to(x.device), torch.stack(true).to(x.device)
+
+
+def _log_density_kde(prior, operator, noise, y, x, truth, W) -> tuple[Tensor, Tensor]:
+    """Leave-one-out Gaussian kernel density at each of ``x*`` and the draws, from the other ``L`` points
+    (``x*`` weighted like one draw, ``1 / L``), with Scott's bandwidth on coordinates scaled by their
+    standard deviation over all ``L + 1`` points: symmetric in ``x*`` and the draws."""
+    points = torch.cat([truth, x], 1)  # (n_problems, L + 1, d)
+    L, d = x.shape[1], x.shape[2]
+    scale = points.std(1, keepdim=True).clamp_min(1e-12) * (L + 1) ** (-1 / (d + 4))
+    scaled = points / scale
+    log_kernel = -0.5 * torch.cdist(scaled, scaled) ** 2
+    log_kernel.diagonal(dim1=1, dim2=2).fill_(-math.inf)
+    log_w = torch.cat([torch.full_like(W[:, :1], 1.0 / L), W], 1).log()
+    density = torch.logsumexp(log_kernel + log_w[:, None, :], dim=2)
+    return density[:, 1:], density[:, :1]

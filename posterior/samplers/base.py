@@ -33,14 +33,29 @@ class CountingPrior:
         return getattr(self.prior, name)
 
 
+def one_y_per_chain(problem: InverseProblem, chains: int, num_samples: int, who: str) -> InverseProblem:
+    """The problem with one measurement per chain, ``y`` of shape ``(chains, *out_shape)``, for samplers
+    whose draws of a chain share one state (particles, a Markov chain, a fitted ``q``). A single ``y``
+    is returned as it is; a batched ``y`` whose rows differ within a chain is refused."""
+    if not problem.batched:
+        return problem
+    per_chain = problem.y.reshape(chains, num_samples, *problem.y.shape[1:])
+    if not bool((per_chain == per_chain[:, :1]).all()):
+        raise ValueError(
+            f"{who}: the draws of a chain share one measurement; give y one per chain "
+            f"(shape ({chains}, *out_shape)), not one per draw"
+        )
+    return InverseProblem(problem.operator, problem.noise, per_chain[:, 0])
+
+
 def tweedie_guidance(
-    problem: InverseProblem, prior: CountingPrior, x: Tensor, sigma: Tensor, objective: str
+    problem: InverseProblem, prior: CountingPrior, x: Tensor, sigma: Tensor, objective: str | Callable
 ) -> tuple[Tensor, Tensor]:
     """Tweedie estimate ``x0_hat = D(x, sigma)`` and the gradient, through the denoiser, of a data term at it.
 
     ``objective="likelihood"`` differentiates ``log p(y | x0_hat)``; ``"residual"`` differentiates
-    ``-||y - A(x0_hat)||_2`` per sample (the DPS paper's normalised step). One NFE and one
-    vector-Jacobian product.
+    ``-||y - A(x0_hat)||_2`` per sample (the DPS paper's normalised step); a callable
+    ``objective(x0_hat) -> (n,)`` is differentiated as it is. One NFE and one vector-Jacobian product.
 
     Returns
     -------

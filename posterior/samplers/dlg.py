@@ -38,7 +38,8 @@ import torch
 from torch import Tensor
 
 from posterior.priors.integrators import ancestral_step, sigma_grid
-from posterior.samplers.base import Sampler, check_finite
+from posterior.problem import InverseProblem
+from posterior.samplers.base import Sampler, check_finite, one_y_per_chain
 from posterior.samplers.lml import LikelihoodSurrogate, lml_step, per_sample
 from posterior.utils import progress_bar, randn
 
@@ -139,10 +140,17 @@ class DenoisingLangevinGibbs(Sampler):
         n = chains * num_samples  # draws are taken from `chains` Markov chains; see below
         if self.mode(prior) == "exact" and not hasattr(prior, "log_prob"):
             raise ValueError("sigma_posterior='exact' needs a prior with log_prob (an analytic prior)")
-        if problem.batched:
-            raise ValueError("DenoisingLangevinGibbs takes a single y (its chains share it)")
+        problem = one_y_per_chain(problem, chains, num_samples, "DenoisingLangevinGibbs")
         surrogate = LikelihoodSurrogate.of(problem, prior, self.gamma, "DenoisingLangevinGibbs")
         grid = self.grid(prior, dtype, device)
+        level_problem, level_surrogate = problem, surrogate  # for sigma_logits: G rows per chain
+        if problem.batched:
+            level_problem = InverseProblem(
+                problem.operator, problem.noise, problem.y.repeat_interleave(grid.numel(), 0)
+            )
+            level_surrogate = LikelihoodSurrogate.of(
+                level_problem, prior, self.gamma, "DenoisingLangevinGibbs"
+            )
         x = self._initialize(problem, prior, surrogate, chains, float(grid[0]), generator, progress)
         index = torch.zeros(chains, dtype=torch.long, device=device)
         draws, sigma_trace = [], []
@@ -151,7 +159,7 @@ class DenoisingLangevinGibbs(Sampler):
             sigma = grid[index]
             P = surrogate.preconditioner(sigma, self.prior_std)
             x = lml_step(x, surrogate.score(problem, prior, x, sigma), P, self.step_size, generator)
-            logits = self.sigma_logits(problem, prior, surrogate, x, grid)
+            logits = self.sigma_logits(level_problem, prior, level_surrogate, x, grid)
             index = draw_categorical(logits, generator)
             check_finite(x, "DenoisingLangevinGibbs", it, float(sigma.max()))
             sigma_trace.append(grid[index].cpu())

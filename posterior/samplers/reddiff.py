@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import torch
 
 from operators import GaussianNoise, LinearOperator
-from posterior.samplers.base import Sampler, check_finite
+from posterior.samplers.base import Sampler, check_finite, one_y_per_chain
 from posterior.utils import progress_bar, randn
 
 WEIGHTINGS = {
@@ -185,8 +185,8 @@ class RedDiff(Sampler):
     def run(self, problem, prior, chains, num_samples, generator, progress, callback):
         dtype, device = problem.y.dtype, problem.y.device
         gaussian = self.mode == "gaussian"
-        if gaussian and problem.batched:
-            raise ValueError("mode='gaussian' fits one q per chain and needs a single measurement y")
+        if gaussian:  # one q per chain
+            problem = one_y_per_chain(problem, chains, num_samples, "RedDiff(mode='gaussian')")
         n = chains if gaussian else chains * num_samples
         shape = (n, *prior.event_shape)
         mu = self.initial_mean(problem, prior, n) + self.init_noise * randn(shape, generator, dtype, device)

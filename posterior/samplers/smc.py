@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from posterior.priors.integrators import sigma_grid
-from posterior.samplers.base import Sampler, check_finite
+from posterior.samplers.base import Sampler, check_finite, one_y_per_chain
 from posterior.utils import randn
 
 RESAMPLING = ("systematic", "stratified", "multinomial", "residual")
@@ -174,13 +174,7 @@ class ParticleSampler(Sampler):
     def run(self, problem, prior, chains, num_samples, generator, progress, callback):
         B, N = chains, num_samples
         name = type(self).__name__
-        if problem.batched:
-            per_run = problem.y.reshape(B, N, -1)
-            if not bool((per_run == per_run[:, :1]).all()):
-                raise ValueError(
-                    f"{name}: the particles of a run share one measurement; give y one per chain "
-                    f"(shape ({B}, *out_shape)), not one per particle"
-                )
+        one_y_per_chain(problem, B, N, name)  # validates; the particles keep their rows of y
         dtype, device = problem.y.dtype, problem.y.device
         ctx = self.setup(problem, prior)
         sigmas = self.grid(ctx, prior, dtype, device)
