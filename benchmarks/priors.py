@@ -6,7 +6,7 @@ distance between samples and held-out images in pixel space against the held-out
 the denoising MSE across sigma on held-out images against the MMSE of a Gaussian prior fitted to the
 training data, and the noise-level classifier's held-out accuracy.
 
-    python benchmarks/priors.py [digits phantoms] [--num-samples 256] [--steps 40] [--docs docs/figures]
+    python benchmarks/priors.py [digits phantoms us-tissue us-haze] [--num-samples 256] [--steps 40] [--docs docs/figures]
 
 Prints a table and writes JSON and PNGs. Never asserts.
 """
@@ -55,7 +55,9 @@ def nearest_distance(x: torch.Tensor, reference: torch.Tensor) -> float:
     return float(d.min(1).values.mean())
 
 
-def save_grid(images: torch.Tensor, path: Path, title: str) -> None:
+def save_grid(
+    images: torch.Tensor, path: Path, title: str, value_range: tuple[float, float] = (0.0, 1.0)
+) -> None:
     n = min(64, images.shape[0])
     cols = 8
     rows = (n + cols - 1) // cols
@@ -63,7 +65,12 @@ def save_grid(images: torch.Tensor, path: Path, title: str) -> None:
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i < n:
-            ax.imshow(images[i, 0].clamp(0, 1).numpy(), cmap="gray", vmin=0, vmax=1)
+            ax.imshow(
+                images[i, 0].clamp(*value_range).numpy(),
+                cmap="gray",
+                vmin=value_range[0],
+                vmax=value_range[1],
+            )
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
@@ -82,13 +89,16 @@ def evaluate(name: str, num_samples: int, steps: int, figures: Path) -> dict:
     start = time.perf_counter()
     samples = prior.sample(num_samples, steps=steps, seed=0)
     sample_time = time.perf_counter() - start
-    save_grid(samples, figures / f"{name}_samples.png", f"pretrained('{name}'): {steps} Heun steps")
-    noise = torch.rand_like(samples)
+    low, high = float(held_out.min()), float(held_out.max())  # [0, 1] images; [-1, 1] ultrasound RF
+    save_grid(
+        samples, figures / f"{name}_samples.png", f"pretrained('{name}'): {steps} Heun steps", (low, high)
+    )
+    noise = low + (high - low) * torch.rand_like(samples)
     n_ref = min(num_samples, held_out.shape[0])
     gaussian = fitted_gaussian(train)
     mse = {s: denoising_mse(prior.denoise, held_out, s) for s in SIGMAS}
     mmse = {s: denoising_mse(gaussian.denoise, held_out.double(), s) for s in SIGMAS}
-    classifier = noise_classifier(name)
+    classifier = noise_classifier(name) if recipe.classifier_steps else None
     return {
         "prior": name,
         "load_seconds": load_time,
@@ -105,7 +115,8 @@ def evaluate(name: str, num_samples: int, steps: int, figures: Path) -> dict:
         ),
         "denoising_mse": mse,
         "gaussian_mmse": mmse,
-        "classifier": classifier_accuracy(classifier, held_out, torch.Generator().manual_seed(1)),
+        "classifier": classifier
+        and classifier_accuracy(classifier, held_out, torch.Generator().manual_seed(1)),
     }
 
 
@@ -136,6 +147,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for s in SIGMAS:
             print(f"{s:>8} {r['denoising_mse'][s]:>12.5f} {r['gaussian_mmse'][s]:>14.5f}")
         c = r["classifier"]
+        if c is None:
+            continue
         print(
             f"noise-level classifier: exact {c['exact']:.2f}, within one level {c['within_one_level']:.2f}, "
             f"RMS log-sigma error {c['rms_log_sigma_error']:.3f}"

@@ -30,6 +30,7 @@ from operators.noise import (
 from operators.nonlinear import PhaseRetrieval
 from operators.radon import Radon
 from operators.testing import adjoint_gap, check_adjoint
+from operators.ultrasound import HazeLink
 
 __all__ = [
     "SVD",
@@ -39,6 +40,7 @@ __all__ = [
     "Downsample",
     "Function",
     "GaussianNoise",
+    "HazeLink",
     "Identity",
     "Inpainting",
     "LaplaceNoise",

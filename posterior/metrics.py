@@ -140,3 +140,25 @@ def psnr(estimate: Tensor, reference: Tensor, data_range: float = 1.0) -> float:
     """Peak signal-to-noise ratio in dB, ``10 log10(data_range^2 / MSE)``."""
     mse = float(((estimate.to(torch.float64) - reference.to(torch.float64)) ** 2).mean())
     return float("inf") if mse == 0 else 10.0 * torch.log10(torch.tensor(data_range**2 / mse)).item()
+
+
+def ssim(
+    estimate: Tensor, reference: Tensor, data_range: float = 1.0, window: int = 11, std: float = 1.5
+) -> float:
+    """Structural similarity (Wang, Bovik, Sheikh & Simoncelli, IEEE TIP 2004) of images ``(..., H, W)``:
+    local means, variances and covariance under a Gaussian window (``window`` pixels, ``std``),
+    ``K1 = 0.01``, ``K2 = 0.03``, averaged over the valid region and the leading dimensions."""
+    x = estimate.to(torch.float64).reshape(-1, 1, *estimate.shape[-2:])
+    y = reference.to(torch.float64).reshape(-1, 1, *reference.shape[-2:]).to(x.device)
+    t = torch.arange(window, dtype=torch.float64, device=x.device) - (window - 1) / 2
+    g = torch.exp(-(t**2) / (2 * std**2))
+    kernel = (g[:, None] * g[None, :] / g.sum() ** 2)[None, None]
+
+    def blur(v: Tensor) -> Tensor:
+        return torch.nn.functional.conv2d(v, kernel)
+
+    mx, my = blur(x), blur(y)
+    vx, vy, cxy = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    index = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
+    return float(index.mean())

@@ -1,11 +1,36 @@
 """Small offline image data sets for training and testing diffusion priors.
 
 Nothing here downloads anything: ``digits`` uses scikit-learn's bundled 8x8 digits, ``shepp_logan``
-scikit-image's bundled CT phantom, and ``phantoms`` is generated procedurally. The first two need the
-``data`` extra (``pip install 'posterior[data]'``).
+scikit-image's bundled CT phantom, and ``phantoms`` and the ultrasound frames and patches are
+generated procedurally. The first two need the ``data`` extra (``pip install 'posterior[data]'``).
 """
 
 from posterior.data.ct_phantoms import phantoms, shepp_logan
 from posterior.data.sklearn_digits import digits, random_shift
+from posterior.data.ultrasound import (
+    UltrasoundConfig,
+    bmode,
+    contrast_db,
+    envelope,
+    gcnr,
+    ks_statistic,
+    scan_convert,
+    ultrasound_frames,
+    ultrasound_patches,
+)
 
-__all__ = ["digits", "phantoms", "random_shift", "shepp_logan"]
+__all__ = [
+    "UltrasoundConfig",
+    "bmode",
+    "contrast_db",
+    "digits",
+    "envelope",
+    "gcnr",
+    "ks_statistic",
+    "phantoms",
+    "random_shift",
+    "scan_convert",
+    "shepp_logan",
+    "ultrasound_frames",
+    "ultrasound_patches",
+]

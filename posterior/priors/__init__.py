@@ -3,6 +3,7 @@ the bundled pretrained priors."""
 
 from posterior.priors.analytic import Gaussian, GaussianMixture
 from posterior.priors.base import DenoiserPrior, DiffusionPrior
+from posterior.priors.composite import PatchedPrior, StackedPrior
 from posterior.priors.diffusers_adapter import from_diffusers
 from posterior.priors.network import NetworkPrior
 from posterior.priors.noise_level import NoiseLevelClassifier
@@ -20,7 +21,9 @@ __all__ = [
     "GaussianMixture",
     "NetworkPrior",
     "NoiseLevelClassifier",
+    "PatchedPrior",
     "Schedule",
+    "StackedPrior",
     "UNet",
     "VESchedule",
     "VPSchedule",

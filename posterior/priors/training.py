@@ -78,6 +78,40 @@ def _phantoms_held_out() -> Tensor:
     return phantoms(300, 32, seed=10_000)
 
 
+US_PATCH, US_POOL = 32, 16_384  # ultrasound: patch side; patches cut once from 256-line x 512-sample frames
+
+
+@cache
+def _ultrasound_pool(source: str) -> Tensor:
+    from posterior.data import ultrasound_patches
+
+    tissue, haze = ultrasound_patches(US_POOL, US_PATCH, seed=1, lines=256, samples=512, per_frame=64)
+    return tissue if source == "tissue" else haze
+
+
+def _ultrasound_batch(source: str) -> Callable[[int, torch.Generator], Tensor]:
+    """Patches from the pool with random left-right and RF sign flips (both keep the statistics)."""
+
+    def batch(n: int, generator: torch.Generator) -> Tensor:
+        pool = _ultrasound_pool(source)
+        x = pool[torch.randint(len(pool), (n,), generator=generator)]
+        flip = torch.rand(n, generator=generator) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        return x * torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)[:, None, None, None]
+
+    return batch
+
+
+def _ultrasound_held_out(source: str) -> Callable[[], Tensor]:
+    def held_out() -> Tensor:
+        from posterior.data import ultrasound_patches
+
+        tissue, haze = ultrasound_patches(300, US_PATCH, seed=10_000, lines=256, samples=512, per_frame=64)
+        return tissue if source == "tissue" else haze
+
+    return held_out
+
+
 @dataclass(frozen=True)
 class Recipe:
     """How one bundled prior is trained: its data, network, noise range and optimisation."""
@@ -127,6 +161,23 @@ RECIPES = {
         steps=4000,
         batch_size=32,
     ),
+    **{
+        f"us-{source}": Recipe(
+            name=f"us-{source}",
+            description=f"32x32 patches of mu-law companded {source} RF in [-1, 1] from simulated "
+            "256-line x 512-sample echocardiography frames (posterior.data.ultrasound_patches, a pool of "
+            "16,384 patches, seed 1; random left-right and sign flips; held-out seed 10000)",
+            batch=_ultrasound_batch(source),
+            held_out=_ultrasound_held_out(source),
+            event_shape=(1, US_PATCH, US_PATCH),
+            widths=(16, 32, 64, 64),
+            steps=2500,
+            batch_size=32,
+            sigma_data=sigma_data,
+            classifier_steps=0,
+        )
+        for source, sigma_data in (("tissue", 0.4), ("haze", 0.25))
+    },
 }
 
 
@@ -396,6 +447,7 @@ def train(
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; choose from {sorted(RECIPES)}")
     common = dict(seed=seed, resume=resume, progress=progress, device=device)
+    classifier_steps = RECIPES[name].classifier_steps if classifier_steps is None else classifier_steps
     paths = {}
     if classifier_steps != 0:
         paths["classifier"] = train_noise_classifier(name, out_dir, steps=classifier_steps, **common)

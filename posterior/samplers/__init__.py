@@ -5,6 +5,7 @@ from posterior.samplers.base import Sampler
 from posterior.samplers.dlg import DenoisingLangevinGibbs
 from posterior.samplers.dps import DPS
 from posterior.samplers.exact import ExactPosterior
+from posterior.samplers.joint import JointPosterior
 from posterior.samplers.lml import LevenbergMarquardtLangevin
 from posterior.samplers.mcgdiff import MCGdiff
 from posterior.samplers.reddiff import RedDiff
@@ -16,6 +17,7 @@ __all__ = [
     "DPS",
     "DenoisingLangevinGibbs",
     "ExactPosterior",
+    "JointPosterior",
     "LevenbergMarquardtLangevin",
     "MCGdiff",
     "ParticleSampler",

@@ -65,7 +65,9 @@ def tweedie_guidance(
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
         x0_hat = prior.denoise(x, sigma)
-        if objective == "likelihood":
+        if callable(objective):
+            value = objective(x0_hat)
+        elif objective == "likelihood":
             value = problem.log_likelihood(x0_hat)
         else:
             residual = problem.y - problem.operator(x0_hat)

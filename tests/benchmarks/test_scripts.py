@@ -90,7 +90,40 @@ def test_mcmc_digits_benchmark(tmp_path):
 
 
 def test_calibration_benchmark(tmp_path):
-    rows = load("calibration").main(
-        ["exact", "dps", "--problems", "50", "--steps", "5", "--out", str(tmp_path / "c.json")]
+    script = load("calibration")
+    rows = script.main(
+        ["exact", "dlg", "reddiff-gaussian", "--problem", "overlapping", "--problems", "20", "--draws", "9"]
+        + ["--steps", "5", "--out", str(tmp_path / "c.json")]
     )
-    assert [r["sampler"] for r in rows] == ["exact", "dps"] and 0 <= rows[0]["coverage"][0.5] <= 1
+    assert [r["sampler"] for r in rows] == ["exact", "dlg", "reddiff-gaussian"]
+    assert 0 <= rows[0]["coverage"][0.5] <= 1 and rows[0]["hpd_method"] == "exact"
+    rows = script.main(
+        [
+            "dps",
+            "--problem",
+            "digits",
+            "--problems",
+            "20",
+            "--draws",
+            "3",
+            "--steps",
+            "3",
+            "--out",
+            str(tmp_path / "d.json"),
+        ]
+    )
+    assert rows[0]["hpd_method"] == "kde" and 0 <= rows[0]["hpd_coverage"][0.9] <= 1
+    rates = script.main(["--false-alarm", "2", "--problems", "20", "--out", str(tmp_path / "c.json")])
+    assert set(rates) >= {"sbc", "hpd", "tarp", "any"}
+
+
+def test_dehazing_benchmark(tmp_path):
+    """Small frames and two steps: every method and metric runs and the figure is written."""
+    rows = load("dehazing").main(
+        ["--frames", "1", "--lines", "64", "--samples", "96", "--draws", "1", "--steps", "2"]
+        + ["--figure", str(tmp_path / "d.png"), "--out", str(tmp_path / "d.json")]
+    )
+    assert [r["method"] for r in rows] == ["clean", "hazy", "svd", "dps", "joint"]
+    assert (
+        rows[0]["gcnr_ventricle"] > rows[1]["gcnr_ventricle"] and (tmp_path / "d.png").stat().st_size > 1000
+    )

@@ -66,3 +66,21 @@ def test_mean_and_covariance_errors():
 def test_psnr():
     ref = torch.zeros(4, 4)
     assert metrics.psnr(ref + 0.1, ref) == pytest.approx(20.0)
+
+
+def test_ssim_matches_scikit_image_and_orders_degradations():
+    skimage_metrics = pytest.importorskip("skimage.metrics")
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(2, 40, 48, generator=g, dtype=torch.float64)
+    slightly = (a + 0.05 * torch.randn(a.shape, generator=g, dtype=torch.float64)).clamp(0, 1)
+    badly = (a + 0.3 * torch.randn(a.shape, generator=g, dtype=torch.float64)).clamp(0, 1)
+    reference = skimage_metrics.structural_similarity(
+        a[0].numpy(),
+        slightly[0].numpy(),
+        data_range=1.0,
+        gaussian_weights=True,
+        sigma=1.5,
+        use_sample_covariance=False,
+    )
+    assert metrics.ssim(slightly[0], a[0]) == pytest.approx(reference, abs=1e-10)
+    assert metrics.ssim(a, a) == pytest.approx(1.0) and metrics.ssim(badly, a) < metrics.ssim(slightly, a)

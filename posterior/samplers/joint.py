@@ -1,0 +1,161 @@
+"""Joint posterior sampling of independent sources under a differentiable link: ultrasound dehazing.
+
+Stevens, Meral, Yu, Apostolakis, Robert & van Sloun, "Dehazing Ultrasound using Diffusion Models",
+IEEE TMI 2024, arXiv:2307.11204 (the joint sampler of Stevens et al., "Removing Structured Noise
+using Diffusion Models", TMLR 2023).
+
+Sources ``x_1, ..., x_S`` with independent diffusion priors, stacked as channels
+(:class:`~posterior.priors.StackedPrior`), are measured as ``y = link(x_1, ..., x_S) + n`` with any
+differentiable link written as an operator on the stack (ultrasound: :class:`operators.HazeLink`,
+``C(C^-1(x) + gamma C^-1(h))``). All sources run one reverse diffusion; at level ``sigma_i`` source
+``s``'s Tweedie estimate is moved by its own step size ``lambda_s`` along an approximation ``g`` of
+``grad log p_sigma(y | x)``, and the ancestral (DDPM) step follows:
+
+    x0_post = D(x_i, sigma_i) + sigma_i^2 Lambda g(x_i),    x_{i+1} ~ N(x0_post + (s'^2/s^2)(x_i - x0_post), s'^2 (1 - s'^2/s^2))
+
+with ``s = sigma_i``, ``s' = sigma_{i+1}`` (the posterior-score step; ``Lambda = 1`` is the
+unscaled approximation). Guidance ``g``:
+
+- ``"projection"``: ``grad_x log N(y; link(x_sigma), sigma_y^2 + sigma^2)`` at the noisy state, no
+  network Jacobian (the paper's variant). The paper compares with a measurement forward-diffused at
+  random; here that noise enters the variance instead (the same expectation, no extra randomness).
+- ``"dps"``: ``grad_x log p(y | link(D(x, sigma)))``, a true vector-Jacobian product through Tweedie's
+  estimate (the reference code multiplies by the diagonal ``J^T 1`` of a one-step mean instead).
+- ``"pigdm"``: ``grad_x log N(y; link(D(x, sigma)), sigma_y^2 + r^2)``, ``r^2 = sigma^2 s_d^2 /
+  (sigma^2 + s_d^2)`` (Song et al., "Pseudoinverse-Guided Diffusion Models", ICLR 2023), through the
+  denoiser.
+
+Late start (``sigma_start``, "come closer, diffuse faster", Chung et al. CVPR 2022): every source
+starts at the measurement plus noise, ``x_s = y + sigma_start z``, and the run covers only the
+levels below ``sigma_start``. For frames larger than the priors' patches, wrap each prior in a
+:class:`~posterior.priors.PatchedPrior`.
+
+Output: approximate joint posterior samples of all sources (``prior.split(result.samples)``), not a
+calibrated sampler. Cost per step: 1 NFE (one call of every source's network); ``"dps"`` and
+``"pigdm"`` add one VJP through each network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from operators.noise import GaussianNoise
+from posterior.priors.integrators import ancestral_step, sigma_grid
+from posterior.samplers.base import Sampler, check_finite, tweedie_guidance
+from posterior.utils import progress_bar, randn
+
+GUIDANCE = ("projection", "dps", "pigdm")
+
+
+@dataclass
+class JointPosterior(Sampler):
+    """Hyperparameters of the joint sampler.
+
+    Parameters
+    ----------
+    steps : int
+        Noise levels from ``sigma_start`` (or the prior's ``sigma_max``) to ``sigma_min``; 1 NFE each.
+    guidance : str
+        ``"projection"``, ``"dps"`` or ``"pigdm"`` (see the module docstring).
+    step_size : float or tuple of float
+        ``lambda_s``, one per source (the paper's ``lambda`` and ``kappa``) or one for all.
+    sigma_start : float, optional
+        Late start from the measurement at this level; ``None`` starts from pure noise at ``sigma_max``.
+    sigma_data : float
+        ``s_d`` of PiGDM's ``r^2``.
+    rho : float
+        Exponent of the EDM noise-level grid.
+    """
+
+    steps: int = 100
+    guidance: str = "pigdm"
+    step_size: float | tuple[float, ...] = 1.0
+    sigma_start: float | None = None
+    sigma_data: float = 0.5
+    rho: float = 7.0
+
+    kind = "samples"
+
+    def __post_init__(self):
+        if self.guidance not in GUIDANCE:
+            raise ValueError(f"guidance must be one of {GUIDANCE}, got {self.guidance!r}")
+        if self.steps < 2:
+            raise ValueError(f"steps must be >= 2, got {self.steps}")
+        sizes = self.step_size if isinstance(self.step_size, tuple | list) else (self.step_size,)
+        if not all(s >= 0 for s in sizes):
+            raise ValueError(f"step sizes must be >= 0, got {self.step_size}")
+        if self.sigma_start is not None and not self.sigma_start > 0:
+            raise ValueError(f"sigma_start must be > 0, got {self.sigma_start}")
+
+    def scales(self, prior, dtype, device) -> Tensor:
+        """``Lambda`` as a tensor ``(sum C_s, 1, ..., 1)`` over the stacked channels."""
+        channels = getattr(prior, "channels", [prior.event_shape[0]])
+        sizes = (
+            self.step_size if isinstance(self.step_size, tuple | list) else (self.step_size,) * len(channels)
+        )
+        if len(sizes) != len(channels):
+            raise ValueError(f"step_size has {len(sizes)} entries for {len(channels)} sources")
+        per_channel = torch.cat(
+            [torch.full((c,), float(s), dtype=dtype) for s, c in zip(sizes, channels, strict=True)]
+        )
+        return per_channel.reshape(-1, *[1] * (len(prior.event_shape) - 1)).to(device)
+
+    def guide(self, problem, prior, x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
+        """``D(x, sigma)`` and ``g``, both of shape ``x.shape``."""
+        if self.guidance == "dps":
+            return tweedie_guidance(problem, prior, x, sigma, "likelihood")
+        variance = problem.noise.variance(problem.y)
+        if self.guidance == "pigdm":
+            r2 = sigma**2 * self.sigma_data**2 / (sigma**2 + self.sigma_data**2)
+            return tweedie_guidance(
+                problem, prior, x, sigma, lambda x0: gaussian_log_density(problem, x0, variance + r2)
+            )
+        with torch.enable_grad():
+            z = x.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(gaussian_log_density(problem, z, variance + sigma**2).sum(), z)
+        with torch.no_grad():
+            return prior.denoise(x, sigma), grad
+
+    def run(self, problem, prior, chains, num_samples, generator, progress, callback):
+        if self.guidance != "dps" and not isinstance(problem.noise, GaussianNoise):
+            raise ValueError(
+                f"guidance={self.guidance!r} needs GaussianNoise; use guidance='dps' for other noise"
+            )
+        n = chains * num_samples
+        dtype, device = problem.y.dtype, problem.y.device
+        top = prior.sigma_max if self.sigma_start is None else min(self.sigma_start, prior.sigma_max)
+        sigmas = sigma_grid(prior.sigma_min, top, self.steps, rho=self.rho, dtype=dtype, device=device)
+        sigmas = torch.cat([sigmas, sigmas.new_zeros(1)])
+        scale = self.scales(prior, dtype, device)
+        x = sigmas[0] * randn((n, *prior.event_shape), generator, dtype, device)
+        if self.sigma_start is not None:
+            x = x + self.start(problem, prior, n)
+        for i in progress_bar(range(self.steps), progress, "Joint"):
+            sigma, sigma_next = sigmas[i], sigmas[i + 1]
+            x0_hat, grad = self.guide(problem, prior, x, sigma)
+            x = ancestral_step(x, x0_hat + sigma**2 * scale * grad, sigma, sigma_next, generator)
+            check_finite(x, "JointPosterior", i, float(sigma))
+            if callback is not None:
+                callback(i, {"x": x, "x0_hat": x0_hat, "sigma": sigma})
+        return x, {"sigma": sigmas[:-1].cpu()}
+
+    @staticmethod
+    def start(problem, prior, n: int) -> Tensor:
+        """The measurement repeated for every source, ``(n, *event_shape)`` (the late start's centre)."""
+        y = problem.y if problem.batched else problem.y.expand(n, *problem.y.shape)
+        channels = getattr(prior, "channels", [prior.event_shape[0]])
+        if any((c, *prior.event_shape[1:]) != tuple(y.shape[1:]) for c in channels):
+            raise ValueError(
+                f"a late start puts y (shape {tuple(y.shape[1:])}) in every source; the sources have "
+                f"{channels} channels of shape {tuple(prior.event_shape[1:])}"
+            )
+        return y.repeat(1, len(channels), *[1] * (y.dim() - 2))
+
+
+def gaussian_log_density(problem, x: Tensor, variance: Tensor) -> Tensor:
+    """``log N(y; link(x), variance)`` per sample up to a constant, shape ``(n,)``."""
+    residual = problem.y - problem.operator(x)
+    return -0.5 * (residual**2 / variance).reshape(x.shape[0], -1).sum(1)
