@@ -237,6 +237,7 @@ def _benchmark(args: argparse.Namespace) -> None:
         sys.exit(f"posterior benchmark: {script} not found; benchmarks run from a source checkout")
     spec = importlib.util.spec_from_file_location(f"benchmark_{args.name}", script)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses in the script look their module up there
     spec.loader.exec_module(module)
     module.main(args.args)
 
