@@ -270,9 +270,14 @@ class CalibrationReport:
         """Plot data of the ECDF test: ``z`` (k,), the ECDFs ``F`` (m, k) of the chosen statistic
         (``"ranks"``: one per coordinate, ``"hpd"``, ``"tarp"``) and the simultaneous ``level`` band
         ``lower``, ``upper`` (k,) that one uniform ECDF leaves with probability ``1 - level``."""
-        u = {"ranks": self.ranks.reshape(self.ranks.shape[0], -1), "hpd": self.hpd_ranks[:, None]}.get(
-            which, self.tarp[:, None]
-        )
+        statistics = {
+            "ranks": self.ranks.reshape(self.ranks.shape[0], -1),
+            "hpd": self.hpd_ranks[:, None],
+            "tarp": self.tarp[:, None],
+        }
+        if which not in statistics:
+            raise ValueError(f"which must be one of {sorted(statistics)}, got {which!r}")
+        u = statistics[which]
         n = u.shape[0]
         z, _, T = _ecdf_reference(n, min(n, points), simulations(1))
         gamma = T[int((1 - level) * len(T))]

@@ -116,6 +116,8 @@ class PatchedPrior(DiffusionPrior):
     ):
         if len(prior.event_shape) != 3:
             raise ValueError(f"the patch prior must have an image event (C, p, q), got {prior.event_shape}")
+        if max_batch is not None and max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1 (or None), got {max_batch}")
         C, p, q = prior.event_shape
         H, W = (int(v) for v in frame)
         oy, ox = (overlap, overlap) if isinstance(overlap, int) else tuple(overlap)

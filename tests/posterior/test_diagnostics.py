@@ -132,6 +132,8 @@ def test_ecdf_test_and_band():
     band = report.ecdf("ranks")
     assert band["F"].shape == (2, 100) and band["lower"].shape == band["z"].shape == (100,)
     assert bool(((band["F"] >= band["lower"]) & (band["F"] <= band["upper"])).all())
+    with pytest.raises(ValueError, match="which"):
+        report.ecdf("coverage")
 
 
 def test_calibrate_on_given_truths_and_batched_gaussian_reddiff():
