@@ -16,6 +16,7 @@ no display needed); save it with ``fig.savefig(path)``. Image-shaped events (``(
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from posterior import diagnostics
 from posterior.results import PosteriorSamples
 
 
@@ -189,10 +191,6 @@ def write_report(
     ``ranks.png`` and ``coverage.png`` given a :class:`~posterior.diagnostics.CalibrationReport`, and
     ``report.md`` tying them together. Returns the path of ``report.md``.
     """
-    import warnings
-
-    from posterior import diagnostics
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     result.save(directory / "samples.safetensors")
