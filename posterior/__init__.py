@@ -1,6 +1,6 @@
 """posterior: Bayesian posterior sampling for inverse problems ``y = A(x) + noise`` with diffusion priors."""
 
-from posterior import diagnostics, metrics, priors, samplers
+from posterior import diagnostics, distributed, metrics, priors, samplers
 from posterior.problem import InverseProblem
 from posterior.results import PosteriorSamples
 
@@ -11,6 +11,7 @@ __all__ = [
     "PosteriorSamples",
     "__version__",
     "diagnostics",
+    "distributed",
     "metrics",
     "priors",
     "samplers",

@@ -32,6 +32,8 @@ figures, ``report.md``, the saved result) with an ArviZ summary. Offline.
     num_samples = 32
     chains = 8
     output = "runs/inpainting"
+    checkpoint_every = 10           # optional: write output/checkpoint.pt every 10 steps (--resume continues)
+    max_batch = 256                 # optional: network micro-batches of at most 256 rows
 
 Every key is checked; an unknown or mistyped one is an error that names it (``sampler.stepz``).
 """
@@ -48,14 +50,14 @@ from pathlib import Path
 
 import torch
 
-BENCHMARKS = ("gmm", "cost", "images", "dehazing", "calibration", "priors", "mcmc_digits")
+BENCHMARKS = ("gmm", "cost", "images", "dehazing", "calibration", "priors", "mcmc_digits", "gpu_check")
 SCHEMA = {  # section -> allowed keys (the sampler's own fields are checked against its class)
     "prior": {"name"},
     "operator": {"type", "top", "left", "height", "width", "factor", "std"},
     "noise": {"sigma"},
     "truth": {"dataset", "index"},
     "sampler": None,
-    "run": {"num_samples", "chains", "output"},
+    "run": {"num_samples", "chains", "output", "checkpoint_every", "max_batch"},
 }
 OPERATORS = {
     "inpainting": ({"top", "left", "height", "width"}, lambda ops, s, c: ops.Inpainting.box(s, **c)),
@@ -111,6 +113,12 @@ def load_config(path: str | Path, device: str = "cpu") -> dict:
             raise ConfigError(f"{section}.{key}: expected {getattr(kind, '__name__', kind)}, got {value!r}")
         return value
 
+    def positive(key: str, default: int) -> int:
+        value = field("run", key, int, default)
+        if value < 0 or value == 0 and key in config.get("run", {}):
+            raise ConfigError(f"run.{key}: must be a positive int, got {value}")
+        return value
+
     try:
         prior = post.priors.pretrained(field("prior", "name", str), device=device)
     except (ValueError, FileNotFoundError) as err:
@@ -156,11 +164,23 @@ def load_config(path: str | Path, device: str = "cpu") -> dict:
         "num_samples": field("run", "num_samples", int, 16),
         "chains": field("run", "chains", int, 4),
         "output": Path(field("run", "output", str, f"runs/{Path(path).stem}")),
+        "checkpoint_every": positive("checkpoint_every", 0),
+        "max_batch": positive("max_batch", 0) or None,
     }
 
 
-def solve(config: dict, seed: int, device: str, progress: bool, directory: Path | None = None) -> Path:
-    """Simulate ``y`` from the truth, run the sampler, write the run report; returns ``report.md``."""
+def solve(
+    config: dict,
+    seed: int,
+    device: str,
+    progress: bool,
+    directory: Path | None = None,
+    resume: bool = False,
+) -> Path:
+    """Simulate ``y`` from the truth, run the sampler, write the run report; returns ``report.md``.
+
+    With ``checkpoint_every`` the run's state goes to ``checkpoint.pt`` in the output folder, which
+    ``resume`` continues from."""
     import posterior as post
     from posterior import plots
 
@@ -168,10 +188,22 @@ def solve(config: dict, seed: int, device: str, progress: bool, directory: Path 
     truth = config["truth"].to(device)
     y = config["noise"].sample(config["operator"](truth[None]), torch.Generator(device).manual_seed(seed))[0]
     problem = post.InverseProblem(config["operator"], config["noise"], y)
-    result = config["sampler"].sample(
-        problem, prior, config["num_samples"], chains=config["chains"], seed=seed, progress=progress
-    )
     directory = directory or config["output"]
+    checkpoint = directory / "checkpoint.pt"
+    if resume and not checkpoint.exists():
+        raise ConfigError(f"--resume: no checkpoint at {checkpoint} (set run.checkpoint_every to write one)")
+    result = config["sampler"].sample(
+        problem,
+        prior,
+        config["num_samples"],
+        chains=config["chains"],
+        seed=seed,
+        progress=progress,
+        checkpoint=checkpoint if config.get("checkpoint_every") else None,
+        checkpoint_every=config.get("checkpoint_every") or 10,
+        resume=checkpoint if resume else None,
+        max_batch=config.get("max_batch"),
+    )
     path = plots.write_report(
         result, directory, truth=truth.cpu(), title=f"{result.sampler}: {directory.name}"
     )
@@ -225,9 +257,9 @@ def _demo(args: argparse.Namespace) -> None:
 def _run(args: argparse.Namespace) -> None:
     try:
         config = load_config(args.config, args.device)
+        path = solve(config, args.seed, args.device, not args.no_progress, args.out, args.resume)
     except ConfigError as err:
         sys.exit(f"posterior run: {args.config}: {err}")
-    path = solve(config, args.seed, args.device, not args.no_progress, args.out)
     print(f"report written to {path}")
 
 
@@ -283,6 +315,7 @@ def main(argv: list[str] | None = None) -> None:
         "config", type=Path, help="the run file (see `python -c 'import posterior.cli; help(posterior.cli)'`)"
     )
     run.add_argument("--out", type=Path, default=None, help="output folder (default: the file's run.output)")
+    run.add_argument("--resume", action="store_true", help="continue from checkpoint.pt in the output folder")
     run.set_defaults(run=_run)
 
     bench = commands.add_parser("benchmark", parents=[common], help="run a script of benchmarks/")

@@ -30,7 +30,7 @@ through the network (``tweedie``: plus ``r`` vector-Jacobian products, ``r`` the
 Measured (``benchmarks/gmm.py``, 100 steps, ``docs/benchmarks.md``): on separated 25-mode mixtures
 in d = 8 and 64, 4 runs x 4096 particles reach 0.8x and 1.3x the sliced-Wasserstein floor (mode TV
 0.04, 0.02), falling from 2.5-2.8x at 16 particles; 1.5-1.7x on overlapping modes at any split of a
-2048-particle budget. Cost on the digits prior: 1.01x the bare network time at equal NFE.
+2048-particle budget. Cost on the digits prior: 1.04x the bare network time at equal NFE.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Callable
 
@@ -12,18 +13,78 @@ from torch import Tensor
 from posterior.priors.base import DiffusionPrior
 from posterior.problem import InverseProblem
 from posterior.results import PosteriorSamples
+from posterior.samplers.loop import Loop, fingerprint
 from posterior.utils import make_generator
 
 
 class CountingPrior:
-    """Wraps a prior and counts denoiser calls (NFE per sample: a batched call counts once)."""
+    """Wraps a prior and counts denoiser calls (NFE per sample: a batched call counts once).
 
-    def __init__(self, prior: DiffusionPrior):
-        self.prior, self.nfe, self.grad_evals = prior, 0, 0
+    With ``max_batch`` set, a call on more rows runs the network on micro-batches of at most
+    ``max_batch`` rows (the result is the same; peak memory is that of one micro-batch). With ``loop``
+    set, a denoiser output with NaN or inf stops the run there (:meth:`Loop.fail`).
+    """
+
+    def __init__(self, prior: DiffusionPrior, max_batch: int | None = None, loop: Loop | None = None):
+        if max_batch is not None and (not isinstance(max_batch, int) or max_batch < 1):
+            raise ValueError(f"max_batch must be a positive int or None, got {max_batch!r}")
+        self.prior, self.max_batch, self.loop, self.nfe, self.grad_evals = prior, max_batch, loop, 0, 0
 
     def denoise(self, x: Tensor, sigma: float | Tensor) -> Tensor:
         self.nfe += 1
-        return self.prior.denoise(x, sigma)
+        return self._checked(self._denoise(x, sigma), sigma)
+
+    def _checked(self, out: Tensor, sigma: float | Tensor) -> Tensor:
+        if self.loop is not None and not bool(torch.isfinite(out.detach()).all()):
+            self.loop.fail(self.loop.step, sigma, "the denoiser returned non-finite values")
+        return out
+
+    def _denoise(self, x: Tensor, sigma: float | Tensor) -> Tensor:
+        n = x.shape[0]
+        if self.max_batch is None or n <= self.max_batch:
+            return self.prior.denoise(x, sigma)
+        per_row = isinstance(sigma, Tensor) and sigma.dim() > 0
+        return torch.cat(
+            [
+                self.prior.denoise(
+                    x[i : i + self.max_batch], sigma[i : i + self.max_batch] if per_row else sigma
+                )
+                for i in range(0, n, self.max_batch)
+            ]
+        )
+
+    def denoise_vjp(
+        self, x: Tensor, sigma: float | Tensor, objective: Callable
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """``x0_hat = D(x, sigma)``, ``value = objective(x0_hat)`` (shape ``(n,)``) and ``grad_x sum(value)``
+        through the network: 1 NFE and 1 vector-Jacobian product.
+
+        With micro-batches the forward pass is run twice (once without a graph, then per micro-batch
+        with the backward pass), so that memory stays that of one micro-batch.
+        """
+        self.nfe += 1
+        self.grad_evals += 1
+        with torch.enable_grad():
+            if self.max_batch is None or x.shape[0] <= self.max_batch:
+                x = x.detach().requires_grad_(True)
+                x0_hat = self.prior.denoise(x, sigma)
+                self._checked(x0_hat, sigma)
+                value = objective(x0_hat)
+                (grad,) = torch.autograd.grad(value.sum(), x)
+                return x0_hat.detach(), value.detach(), grad
+            with torch.no_grad():
+                x0_hat = self._checked(self._denoise(x, sigma), sigma)
+            x0_leaf = x0_hat.requires_grad_(True)
+            value = objective(x0_leaf)
+            (cotangent,) = torch.autograd.grad(value.sum(), x0_leaf)
+            per_row = isinstance(sigma, Tensor) and sigma.dim() > 0
+            grads = []
+            for i in range(0, x.shape[0], self.max_batch):
+                rows = slice(i, i + self.max_batch)
+                xb = x[rows].detach().requires_grad_(True)
+                out = self.prior.denoise(xb, sigma[rows] if per_row else sigma)
+                grads.append(torch.autograd.grad(out, xb, cotangent[rows])[0])
+        return x0_hat.detach(), value.detach(), torch.cat(grads)
 
     def score(self, x: Tensor, sigma: float | Tensor) -> Tensor:
         self.nfe += 1
@@ -62,41 +123,35 @@ def tweedie_guidance(
     x0_hat : Tensor, shape (n, *event_shape), detached
     grad : Tensor, shape (n, *event_shape)
     """
-    with torch.enable_grad():
-        x = x.detach().requires_grad_(True)
-        x0_hat = prior.denoise(x, sigma)
-        if callable(objective):
-            value = objective(x0_hat)
-        elif objective == "likelihood":
-            value = problem.log_likelihood(x0_hat)
-        else:
+    if callable(objective):
+        value = objective
+    elif objective == "likelihood":
+        value = problem.log_likelihood
+    else:
+
+        def value(x0_hat):
             residual = problem.y - problem.operator(x0_hat)
-            value = -torch.sqrt((residual.reshape(x.shape[0], -1) ** 2).sum(1) + torch.finfo(x.dtype).tiny)
-        (grad,) = torch.autograd.grad(value.sum(), x)
-    prior.grad_evals += 1
-    return x0_hat.detach(), grad
+            return -torch.sqrt(
+                (residual.reshape(x0_hat.shape[0], -1) ** 2).sum(1) + torch.finfo(x0_hat.dtype).tiny
+            )
 
-
-def check_finite(x: Tensor, sampler: str, step: int, sigma: float) -> None:
-    """Stop a run that produced NaN or inf, naming where."""
-    if not bool(torch.isfinite(x).all()):
-        raise FloatingPointError(
-            f"{sampler}: non-finite values at step {step} (sigma={sigma:.4g}); "
-            "lower the step size or check the prior and the likelihood"
-        )
+    x0_hat, _, grad = prior.denoise_vjp(x, sigma, value)
+    return x0_hat, grad
 
 
 @dataclasses.dataclass
 class Sampler:
     """Base class of the samplers: a dataclass of hyperparameters plus :meth:`sample`.
 
-    Subclasses implement ``run(problem, prior, chains, num_samples, generator, progress, callback)``
-    returning ``(samples of shape (chains * num_samples, *event_shape), trace dict)``, chain-major,
-    and set ``kind``. A ``"log_weights"`` entry of the trace, shape ``(chains, num_samples)``, becomes the
-    result's importance weights.
+    Subclasses implement ``run(problem, prior, chains, num_samples, generator, loop)`` returning
+    ``(samples of shape (chains * num_samples, *event_shape), trace dict)``, chain-major, and set
+    ``kind``; their steps go through ``loop`` (:class:`~posterior.samplers.loop.Loop`). A
+    ``"log_weights"`` entry of the trace, shape ``(chains, num_samples)``, becomes the result's
+    importance weights.
     """
 
     kind = "samples"
+    shardable = False  # particle samplers can split one run's particles across processes
 
     def sample(
         self,
@@ -108,6 +163,11 @@ class Sampler:
         seed: int | torch.Generator | None = None,
         progress: bool = True,
         callback: Callable[[int, dict], None] | None = None,
+        checkpoint: str | os.PathLike | None = None,
+        checkpoint_every: int = 10,
+        resume: str | os.PathLike | None = None,
+        max_batch: int | None = None,
+        group=None,
     ) -> PosteriorSamples:
         """Draw ``chains * num_samples`` posterior samples as one batch.
 
@@ -128,6 +188,20 @@ class Sampler:
             Show a progress bar.
         callback : callable, optional
             Called as ``callback(step, state)`` after every step, ``state`` a dict of tensors.
+        checkpoint : path, optional
+            Write the run's state (draws, weights, optimiser state, random generator state, step,
+            counters) to this file every ``checkpoint_every`` steps, atomically. A run that stops
+            on NaN/inf saves its last good state here (or in a temporary file, named in the error).
+        checkpoint_every : int
+        resume : path, optional
+            A checkpoint of the same sampler, configuration, problem, ``num_samples`` and ``chains``:
+            the run continues from it and gives the same result, bit for bit, as an uninterrupted run
+            with the same seed on the same device.
+        max_batch : int, optional
+            Run the network on micro-batches of at most this many rows (same result, bounded memory).
+        group : torch.distributed process group, optional
+            Particle samplers only: split each run's ``num_samples`` particles across the group's
+            processes, with global resampling (see :func:`posterior.distributed.run_many`).
 
         Returns
         -------
@@ -165,10 +239,27 @@ class Sampler:
             problem = InverseProblem(
                 problem.operator, problem.noise, problem.y.repeat_interleave(num_samples, 0)
             )
+        if group is not None and not self.shardable:
+            raise ValueError(f"{type(self).__name__} cannot split a run across processes (group=)")
         generator, _ = make_generator(seed, problem.y.device)
-        counted = CountingPrior(prior)
+        counted = CountingPrior(prior, max_batch)
+        counted.loop = loop = Loop(
+            type(self).__name__,
+            generator,
+            counted,
+            fingerprint(self, problem, num_samples, chains),
+            progress=progress,
+            callback=callback,
+            checkpoint=checkpoint,
+            checkpoint_every=checkpoint_every,
+            resume=resume,
+            group=group,
+        )
         start = time.perf_counter()
-        x, trace = self.run(problem, counted, chains, num_samples, generator, progress, callback)
+        try:
+            x, trace = self.run(problem, counted, chains, num_samples, generator, loop)
+        finally:
+            loop.close()
         wall = time.perf_counter() - start
         log_weights = trace.pop("log_weights", None)
         with torch.no_grad():
@@ -186,5 +277,5 @@ class Sampler:
             kind=self.kind,
         )
 
-    def run(self, problem, prior, chains, num_samples, generator, progress, callback):
+    def run(self, problem, prior, chains, num_samples, generator, loop):
         raise NotImplementedError

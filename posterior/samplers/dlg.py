@@ -39,9 +39,9 @@ from torch import Tensor
 
 from posterior.priors.integrators import ancestral_step, sigma_grid
 from posterior.problem import InverseProblem
-from posterior.samplers.base import Sampler, check_finite, one_y_per_chain
+from posterior.samplers.base import Sampler, one_y_per_chain
 from posterior.samplers.lml import LikelihoodSurrogate, lml_step, per_sample
-from posterior.utils import progress_bar, randn
+from posterior.utils import randn
 
 SIGMA_POSTERIORS = ("auto", "exact", "classifier", "residual")
 
@@ -135,7 +135,7 @@ class DenoisingLangevinGibbs(Sampler):
             log_px = (-0.5 * (resid**2).sum(-1) / grid[:, None] ** 2 - d * torch.log(grid)[:, None]).T
         return log_px + log_lik
 
-    def run(self, problem, prior, chains, num_samples, generator, progress, callback):
+    def run(self, problem, prior, chains, num_samples, generator, loop):
         dtype, device = problem.y.dtype, problem.y.device
         n = chains * num_samples  # draws are taken from `chains` Markov chains; see below
         if self.mode(prior) == "exact" and not hasattr(prior, "log_prob"):
@@ -151,26 +151,32 @@ class DenoisingLangevinGibbs(Sampler):
             level_surrogate = LikelihoodSurrogate.of(
                 level_problem, prior, self.gamma, "DenoisingLangevinGibbs"
             )
-        x = self._initialize(problem, prior, surrogate, chains, float(grid[0]), generator, progress)
-        index = torch.zeros(chains, dtype=torch.long, device=device)
-        draws, sigma_trace = [], []
         total = self.burn_in + self.thin * num_samples
-        for it in progress_bar(range(total), progress, "DLG"):
+        start, state = loop.resume(
+            lambda: {
+                "x": self._initialize(problem, prior, surrogate, chains, float(grid[0]), generator),
+                "index": torch.zeros(chains, dtype=torch.long, device=device),
+                "draws": [],
+                "sigma_trace": [],
+            },
+            total,
+        )
+        x, index, draws, sigma_trace = (state[k] for k in ("x", "index", "draws", "sigma_trace"))
+        for it in range(start, total):
             sigma = grid[index]
             P = surrogate.preconditioner(sigma, self.prior_std)
             x = lml_step(x, surrogate.score(problem, prior, x, sigma), P, self.step_size, generator)
             logits = self.sigma_logits(level_problem, prior, level_surrogate, x, grid)
             index = draw_categorical(logits, generator)
-            check_finite(x, "DenoisingLangevinGibbs", it, float(sigma.max()))
             sigma_trace.append(grid[index].cpu())
             if it >= self.burn_in and (it - self.burn_in + 1) % self.thin == 0:
                 draws.append(self._to_draw(problem, prior, surrogate, x, grid[index], float(grid[0])))
-            if callback is not None:
-                callback(it, {"x": x, "sigma": grid[index]})
+            state = {"x": x, "index": index, "draws": draws, "sigma_trace": sigma_trace}
+            loop.done(it, grid[index], state, check=(x,), view={"x": x})
         samples = torch.stack(draws, 1).reshape(n, *prior.event_shape)  # chain-major
         return samples, {"chain_sigma": torch.stack(sigma_trace)}
 
-    def _initialize(self, problem, prior, surrogate, chains, sigma_end, generator, progress):
+    def _initialize(self, problem, prior, surrogate, chains, sigma_end, generator):
         """Guided ancestral steps with the posterior score from ``prior.sigma_max`` to ``sigma_end``."""
         dtype, device = problem.y.dtype, problem.y.device
         sigmas = sigma_grid(sigma_end, prior.sigma_max, self.init_steps + 1, dtype=dtype, device=device)

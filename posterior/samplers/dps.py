@@ -34,9 +34,9 @@ from dataclasses import dataclass
 import torch
 
 from posterior.priors.integrators import ancestral_step, sigma_grid
-from posterior.samplers.base import Sampler, check_finite, tweedie_guidance
+from posterior.samplers.base import Sampler, tweedie_guidance
 from posterior.samplers.lml import LikelihoodSurrogate, lml_correct
-from posterior.utils import progress_bar, randn
+from posterior.utils import randn
 
 
 @dataclass
@@ -82,18 +82,21 @@ class DPS(Sampler):
         if self.corrector_steps < 0 or not self.corrector_step_size > 0:
             raise ValueError("corrector_steps must be >= 0 and corrector_step_size > 0")
 
-    def run(self, problem, prior, chains, num_samples, generator, progress, callback):
+    def run(self, problem, prior, chains, num_samples, generator, loop):
         x_shape = (chains * num_samples, *prior.event_shape)
         dtype, device = problem.y.dtype, problem.y.device
         sigmas = sigma_grid(
             prior.sigma_min, prior.sigma_max, self.steps, rho=self.rho, dtype=dtype, device=device
         )
         sigmas = torch.cat([sigmas, sigmas.new_zeros(1)])
-        x = sigmas[0] * randn(x_shape, generator, dtype, device)
         surrogate = (
             LikelihoodSurrogate.of(problem, prior, 1.0, "DPS corrector") if self.corrector_steps else None
         )
-        for i in progress_bar(range(self.steps), progress, "DPS"):
+        start, state = loop.resume(
+            lambda: {"x": sigmas[0] * randn(x_shape, generator, dtype, device)}, self.steps
+        )
+        x = state["x"]
+        for i in range(start, self.steps):
             sigma, sigma_next = sigmas[i], sigmas[i + 1]
             x0_hat, grad = tweedie_guidance(problem, prior, x, sigma, self.guidance)
             x_next = ancestral_step(x, x0_hat, sigma, sigma_next, generator)
@@ -105,7 +108,5 @@ class DPS(Sampler):
                 x = lml_correct(
                     problem, prior, surrogate, x, sigma_next, self.corrector_step_size, 1.0, generator
                 )[0]
-            check_finite(x, "DPS", i, float(sigma))
-            if callback is not None:
-                callback(i, {"x": x, "x0_hat": x0_hat, "sigma": sigma})
+            loop.done(i, sigma, {"x": x}, check=(x,), view={"x": x, "x0_hat": x0_hat})
         return x, {"sigma": sigmas[:-1].cpu()}

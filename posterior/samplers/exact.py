@@ -22,7 +22,7 @@ class ExactPosterior(Sampler):
 
     kind = "samples"
 
-    def run(self, problem, prior, chains, num_samples, generator, progress, callback):
+    def run(self, problem, prior, chains, num_samples, generator, loop):
         if not hasattr(prior, "posterior"):
             raise ValueError("ExactPosterior needs an analytic prior (GaussianMixture or Gaussian)")
         if not problem.batched:

@@ -44,8 +44,8 @@ from torch import Tensor
 
 from operators.noise import GaussianNoise
 from posterior.priors.integrators import ancestral_step, sigma_grid
-from posterior.samplers.base import Sampler, check_finite, tweedie_guidance
-from posterior.utils import progress_bar, randn
+from posterior.samplers.base import Sampler, tweedie_guidance
+from posterior.utils import randn
 
 GUIDANCE = ("projection", "dps", "pigdm")
 
@@ -119,7 +119,7 @@ class JointPosterior(Sampler):
         with torch.no_grad():
             return prior.denoise(x, sigma), grad
 
-    def run(self, problem, prior, chains, num_samples, generator, progress, callback):
+    def run(self, problem, prior, chains, num_samples, generator, loop):
         if self.guidance != "dps" and not isinstance(problem.noise, GaussianNoise):
             raise ValueError(
                 f"guidance={self.guidance!r} needs GaussianNoise; use guidance='dps' for other noise"
@@ -130,16 +130,18 @@ class JointPosterior(Sampler):
         sigmas = sigma_grid(prior.sigma_min, top, self.steps, rho=self.rho, dtype=dtype, device=device)
         sigmas = torch.cat([sigmas, sigmas.new_zeros(1)])
         scale = self.scales(prior, dtype, device)
-        x = sigmas[0] * randn((n, *prior.event_shape), generator, dtype, device)
-        if self.sigma_start is not None:
-            x = x + self.start(problem, prior, n)
-        for i in progress_bar(range(self.steps), progress, "Joint"):
+
+        def initial():
+            x = sigmas[0] * randn((n, *prior.event_shape), generator, dtype, device)
+            return {"x": x + self.start(problem, prior, n) if self.sigma_start is not None else x}
+
+        first, state = loop.resume(initial, self.steps)
+        x = state["x"]
+        for i in range(first, self.steps):
             sigma, sigma_next = sigmas[i], sigmas[i + 1]
             x0_hat, grad = self.guide(problem, prior, x, sigma)
             x = ancestral_step(x, x0_hat + sigma**2 * scale * grad, sigma, sigma_next, generator)
-            check_finite(x, "JointPosterior", i, float(sigma))
-            if callback is not None:
-                callback(i, {"x": x, "x0_hat": x0_hat, "sigma": sigma})
+            loop.done(i, sigma, {"x": x}, check=(x,), view={"x": x, "x0_hat": x0_hat})
         return x, {"sigma": sigmas[:-1].cpu()}
 
     @staticmethod

@@ -49,9 +49,9 @@ import torch
 from torch import Tensor
 
 from posterior.priors.integrators import ancestral_step, sigma_grid
-from posterior.samplers.base import Sampler, check_finite, tweedie_guidance
+from posterior.samplers.base import Sampler, tweedie_guidance
 from posterior.samplers.twists import LinearGaussianSVD, default_tempering_scale, tempering
-from posterior.utils import progress_bar, randn
+from posterior.utils import randn
 
 
 @dataclass
@@ -281,7 +281,7 @@ class LevenbergMarquardtLangevin(Sampler):
         if not 0 <= self.kappa < 1:
             raise ValueError(f"kappa must lie in [0, 1), got {self.kappa}")
 
-    def run(self, problem, prior, chains, num_samples, generator, progress, callback):
+    def run(self, problem, prior, chains, num_samples, generator, loop):
         dtype, device = problem.y.dtype, problem.y.device
         surrogate = LikelihoodSurrogate.of(problem, prior, self.gamma, "LevenbergMarquardtLangevin")
         if self.metropolis and (surrogate.svd is None or not hasattr(prior, "log_prob")):
@@ -292,9 +292,17 @@ class LevenbergMarquardtLangevin(Sampler):
         sigmas = sigma_grid(
             prior.sigma_min, prior.sigma_max, self.steps, rho=self.rho, dtype=dtype, device=device
         )
-        x = sigmas[0] * randn((chains * num_samples, *prior.event_shape), generator, dtype, device)
-        accepted, proposed, increment = 0, 0, None
-        for i in progress_bar(range(self.steps - 1), progress, "LML"):
+        start, state = loop.resume(
+            lambda: {
+                "x": sigmas[0] * randn((chains * num_samples, *prior.event_shape), generator, dtype, device),
+                "increment": None,
+                "accepted": 0,
+                "proposed": 0,
+            },
+            self.steps - 1,
+        )
+        x, increment, accepted, proposed = (state[k] for k in ("x", "increment", "accepted", "proposed"))
+        for i in range(start, self.steps - 1):
             sigma, sigma_next = sigmas[i], sigmas[i + 1]
             x0_hat, grad = surrogate.denoise_and_guide(problem, prior, x, sigma)
             x_next = ancestral_step(x, x0_hat + sigma**2 * grad, sigma, sigma_next, generator)
@@ -315,9 +323,8 @@ class LevenbergMarquardtLangevin(Sampler):
                     self.metropolis,
                 )
                 accepted, proposed = accepted + ok, proposed + x.shape[0]
-            check_finite(x, "LevenbergMarquardtLangevin", i, float(sigma_next))
-            if callback is not None:
-                callback(i, {"x": x, "sigma": sigma_next})
+            state = {"x": x, "increment": increment, "accepted": accepted, "proposed": proposed}
+            loop.done(i, sigma_next, state, check=(x,), view={"x": x})
         x0_hat, grad = surrogate.denoise_and_guide(problem, prior, x, sigmas[-1])
         trace = {"sigma": sigmas.cpu()}
         if self.metropolis:

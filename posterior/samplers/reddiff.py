@@ -39,14 +39,15 @@ floor on separated mixtures): its spread is not posterior uncertainty there.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
 import torch
 
 from operators import GaussianNoise, LinearOperator
-from posterior.samplers.base import Sampler, check_finite, one_y_per_chain
-from posterior.utils import progress_bar, randn
+from posterior.samplers.base import Sampler, one_y_per_chain
+from posterior.utils import randn
 
 WEIGHTINGS = {
     "inverse": lambda s: 1 / s,
@@ -182,23 +183,34 @@ class RedDiff(Sampler):
         )
         return torch.cat([head, head.new_full((tail,), self.sigma_min)]).to(device)
 
-    def run(self, problem, prior, chains, num_samples, generator, progress, callback):
+    def run(self, problem, prior, chains, num_samples, generator, loop):
         dtype, device = problem.y.dtype, problem.y.device
         gaussian = self.mode == "gaussian"
         if gaussian:  # one q per chain
             problem = one_y_per_chain(problem, chains, num_samples, "RedDiff(mode='gaussian')")
         n = chains if gaussian else chains * num_samples
         shape = (n, *prior.event_shape)
-        mu = self.initial_mean(problem, prior, n) + self.init_noise * randn(shape, generator, dtype, device)
-        mu.requires_grad_(True)
-        rho = torch.full(shape, math.log(self.init_std), dtype=dtype, device=device, requires_grad=gaussian)
+        sigmas = self.schedule(prior, dtype, device)
+        tail_start = self.steps - int(self.tail_fraction * self.steps)
+
+        def initial():
+            mu = self.initial_mean(problem, prior, n) + self.init_noise * randn(
+                shape, generator, dtype, device
+            )
+            rho = torch.full(shape, math.log(self.init_std), dtype=dtype, device=device)
+            zeros = torch.zeros_like(mu)
+            return {"mu": mu, "rho": rho, "adam": None, "mu_avg": zeros, "rho_avg": zeros, "losses": []}
+
+        start, state = loop.resume(initial, self.steps)
+        mu = state["mu"].clone().requires_grad_(True)
+        rho = state["rho"].clone().requires_grad_(gaussian)
         optimizer = torch.optim.Adam([mu, rho] if gaussian else [mu], lr=self.lr, betas=(0.9, 0.99))
+        if state["adam"] is not None:
+            optimizer.load_state_dict(state["adam"])
+        mu_avg, rho_avg, losses = state["mu_avg"].clone(), state["rho_avg"].clone(), list(state["losses"])
         col = self.data_curvature(problem) if gaussian else None
         weight = WEIGHTINGS[self.weighting]
-        sigmas = self.schedule(prior, dtype, device)
-        losses, tail_start = [], self.steps - int(self.tail_fraction * self.steps)
-        mu_avg, rho_avg = torch.zeros_like(mu), torch.zeros_like(rho)
-        for k in progress_bar(range(self.steps), progress, "RED-Diff"):
+        for k in range(start, self.steps):
             sigma = sigmas[k]
             x0 = mu
             if gaussian:  # reparametrised draw from q
@@ -218,14 +230,20 @@ class RedDiff(Sampler):
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            check_finite(mu.detach(), "RedDiff", k, float(sigma))
-            check_finite(rho.detach(), "RedDiff", k, float(sigma))
             if k >= tail_start:  # Polyak averaging of the iterates over the tail
                 mu_avg += (mu.detach() - mu_avg) / (k - tail_start + 1)
                 rho_avg += (rho.detach() - rho_avg) / (k - tail_start + 1)
             losses.append(float(data.detach().mean()))
-            if callback is not None:
-                callback(k, {"mu": mu.detach(), "rho": rho.detach(), "x0_hat": x0_hat, "sigma": sigma})
+            state = {  # copies: the optimiser and the averages update in place
+                "mu": mu.detach().clone(),
+                "rho": rho.detach().clone(),
+                "adam": copy.deepcopy(optimizer.state_dict()),
+                "mu_avg": mu_avg.clone(),
+                "rho_avg": rho_avg.clone(),
+                "losses": losses,
+            }
+            view = {"mu": state["mu"], "rho": state["rho"], "x0_hat": x0_hat}
+            loop.done(k, sigma, state, check=(state["mu"], state["rho"]), view=view)
         if tail_start < self.steps:
             mu, rho = mu_avg, rho_avg
         mu, std = mu.detach(), rho.detach().exp()

@@ -34,7 +34,8 @@ import torch
 from torch import Tensor
 
 from posterior.priors.integrators import sigma_grid
-from posterior.samplers.base import Sampler, check_finite, one_y_per_chain
+from posterior.samplers.base import Sampler, one_y_per_chain
+from posterior.samplers.shards import Shards
 from posterior.utils import randn
 
 RESAMPLING = ("systematic", "stratified", "multinomial", "residual")
@@ -135,6 +136,7 @@ class ParticleSampler(Sampler):
     resample: bool = False
 
     kind = "samples"
+    shardable = True
 
     def __post_init__(self):
         if self.steps < 2:
@@ -171,49 +173,71 @@ class ParticleSampler(Sampler):
         raise NotImplementedError
 
     # -- the loop ------------------------------------------------------------------------------------
-    def run(self, problem, prior, chains, num_samples, generator, progress, callback):
+    def run(self, problem, prior, chains, num_samples, generator, loop):
         B, N = chains, num_samples
         name = type(self).__name__
         one_y_per_chain(problem, B, N, name)  # validates; the particles keep their rows of y
+        shards = Shards(loop.group, N)
+        problem = shards.rows(problem, B)
+        particles = shards.generator(generator)  # moves; `generator` (shared by all shards) resamples
         dtype, device = problem.y.dtype, problem.y.device
         ctx = self.setup(problem, prior)
         sigmas = self.grid(ctx, prior, dtype, device)
-        with torch.no_grad():
-            x = sigmas[0] * randn((B * N, *prior.event_shape), generator, dtype, device)
-            cache, increment = self.initialize(ctx, problem, prior, x, sigmas[0])
-            if hasattr(prior, "log_prob"):  # analytic prior: exact start weight
-                increment = (
-                    increment + prior.log_prob(x, sigmas[0]) - gaussian_log_density(x, 0.0, sigmas[0] ** 2)
-                )
-            log_w = increment.double().reshape(B, N)
-        self._check_weights(log_w, name, 0, float(sigmas[0]))
-        records = {
-            "sigma": [sigmas[0]],
-            "ess": [ess(log_w) / N],
-            "resampled": [torch.zeros(B, dtype=torch.bool)],
-        }
-        records["log_evidence"] = [log_mean_exp(log_w)]
-        sigma, queue = sigmas[0], [(s, 0, True) for s in sigmas[1:]]  # (target, depth, on the grid)
-        bar = _Bar(len(queue), progress, name)
+
+        def initial():
+            with torch.no_grad():
+                x = sigmas[0] * randn((B * shards.n, *prior.event_shape), particles, dtype, device)
+                cache, increment = self.initialize(ctx, problem, prior, x, sigmas[0])
+                if hasattr(prior, "log_prob"):  # analytic prior: exact start weight
+                    increment = (
+                        increment
+                        + prior.log_prob(x, sigmas[0])
+                        - gaussian_log_density(x, 0.0, sigmas[0] ** 2)
+                    )
+            log_w = increment.double().reshape(B, shards.n)
+            all_w = shards.gather(log_w)
+            self._check_weights(all_w, loop, 0, sigmas[0])
+            records = {
+                "sigma": [sigmas[0]],
+                "ess": [ess(all_w) / N],
+                "resampled": [torch.zeros(B, dtype=torch.bool)],
+                "log_evidence": [log_mean_exp(all_w)],
+            }
+            queue = [(s, 0, True) for s in sigmas[1:]]  # (target, depth, on the grid)
+            return {
+                "sigma": sigmas[0],
+                "x": x,
+                "cache": cache,
+                "log_w": log_w,
+                "records": records,
+                "queue": queue,
+            }
+
+        start, state = loop.resume(initial, len(sigmas) - 1)
+        sigma, x, cache, log_w, records, queue = (
+            state[k] for k in ("sigma", "x", "cache", "log_w", "records", "queue")
+        )
+        all_w = shards.gather(log_w)
         while queue:
             target, depth, on_grid = queue[0]
             with torch.no_grad():
                 x_new, cache_new, increment = self.propagate(
-                    ctx, problem, prior, x, cache, sigma, target, generator
+                    ctx, problem, prior, x, cache, sigma, target, particles
                 )
-            log_w_new = log_w + increment.double().reshape(B, N)
-            if depth < self.max_bisections and bool((ess(log_w_new) < 0.5 * ess(log_w)).any()):
+            log_w_new = log_w + increment.double().reshape(B, shards.n)
+            all_w_new = shards.gather(log_w_new)
+            if depth < self.max_bisections and bool((ess(all_w_new) < 0.5 * ess(all_w)).any()):
                 middle = (sigma * target).sqrt() if float(target) > 0 else sigma / 2
-                queue[0:1] = [(middle, depth + 1, False), (target, depth + 1, on_grid)]
+                queue = [(middle, depth + 1, False), (target, depth + 1, on_grid), *queue[1:]]
                 continue
-            queue.pop(0)
-            bar.update(on_grid)
+            queue = queue[1:]
             step = len(records["sigma"])
-            check_finite(x_new, name, step, float(target))
-            self._check_weights(log_w_new, name, step, float(target))
-            sigma, x, cache, log_w = target, x_new, cache_new, log_w_new
-            current_ess = ess(log_w)
-            records["log_evidence"].append(log_mean_exp(log_w))
+            if not bool(torch.isfinite(x_new).all()):
+                loop.fail(step, target, "non-finite values")
+            self._check_weights(all_w_new, loop, step, target)
+            sigma, x, cache, log_w, all_w = target, x_new, cache_new, log_w_new, all_w_new
+            current_ess = ess(all_w)
+            records["log_evidence"].append(log_mean_exp(all_w))
             records["ess"].append(current_ess / N)
             records["sigma"].append(sigma)
             mask = (
@@ -222,51 +246,49 @@ class ParticleSampler(Sampler):
                 else torch.ones_like(current_ess, dtype=torch.bool)
             )
             if queue and bool(mask.any()):
-                x, cache, log_w = self._resample(x, cache, log_w, mask, generator)
+                x, cache, log_w = self._resample(shards, x, cache, all_w, mask, generator)
+                all_w = shards.gather(log_w)
             records["resampled"].append(mask.cpu() if queue else torch.zeros(B, dtype=torch.bool))
-            if callback is not None:
-                callback(step, {"x": x, "log_weights": log_w, "sigma": sigma})
-        bar.close()
+            state = {
+                "sigma": sigma,
+                "x": x,
+                "cache": cache,
+                "log_w": log_w,
+                "records": records,
+                "queue": queue,
+            }
+            view = {"x": shards.gather_rows(x, B), "log_weights": all_w}
+            loop.done(step - 1, sigma, state, view=view, advance=on_grid)
+        x = shards.gather_rows(x, B)
         if self.resample:
-            x, _, log_w = self._resample(
-                x, {}, log_w, torch.ones(B, dtype=torch.bool, device=log_w.device), generator
-            )
+            one = Shards(None, N)
+            x, _, all_w = self._resample(one, x, {}, all_w, torch.ones(B, dtype=torch.bool), generator)
         trace = {k: torch.stack([torch.as_tensor(v).cpu() for v in values]) for k, values in records.items()}
-        trace["log_weights"] = None if self.resample else log_w
+        trace["log_weights"] = None if self.resample else all_w
         return x, trace
 
-    def _resample(self, x: Tensor, cache: dict, log_w: Tensor, mask: Tensor, generator):
-        B, N = log_w.shape
-        mask = mask.to(log_w.device)
-        ancestors = resample_indices(log_w, self.resampling, generator)
-        ancestors = torch.where(mask[:, None], ancestors, torch.arange(N, device=log_w.device))
-        flat = (ancestors + N * torch.arange(B, device=log_w.device)[:, None]).reshape(-1).to(x.device)
-        log_w = torch.where(mask[:, None], log_mean_exp(log_w)[:, None].expand(B, N), log_w)
-        return x[flat], {k: v[flat] for k, v in cache.items()}, log_w
+    def _resample(self, shards: Shards, x: Tensor, cache: dict, all_w: Tensor, mask: Tensor, generator):
+        """Resample the runs flagged in ``mask`` on the weights of all shards ``all_w`` (``(B, N)``); each
+        shard keeps its own slice of the new particles. Returns local particles, cache and log-weights."""
+        B, N = all_w.shape
+        mask = mask.to(all_w.device)
+        ancestors = resample_indices(all_w, self.resampling, generator)
+        ancestors = torch.where(mask[:, None], ancestors, torch.arange(N, device=all_w.device))
+        ancestors = shards.local(ancestors)  # (B, n): indices into each run's N particles
+        flat = (ancestors + N * torch.arange(B, device=all_w.device)[:, None]).reshape(-1).to(x.device)
+        all_w = torch.where(mask[:, None], log_mean_exp(all_w)[:, None].expand(B, N), all_w)
+        x = shards.gather_rows(x, B)[flat]
+        cache = {k: shards.gather_rows(v, B)[flat] for k, v in cache.items()}
+        return x, cache, shards.local(all_w)
 
     @staticmethod
-    def _check_weights(log_w: Tensor, name: str, step: int, sigma: float) -> None:
+    def _check_weights(log_w: Tensor, loop, step: int, sigma: Tensor) -> None:
         if bool(torch.isnan(log_w).any()) or bool((log_w == math.inf).any()):
-            raise FloatingPointError(f"{name}: NaN or +inf log-weights at step {step} (sigma={sigma:.4g})")
+            loop.fail(step, sigma, "NaN or +inf log-weights")
         if bool((log_w == -math.inf).all(-1).any()):
-            raise FloatingPointError(
-                f"{name}: every particle of a run has zero weight at step {step} (sigma={sigma:.4g}); "
-                "the likelihood is too sharp for the twist: use more steps or particles"
+            loop.fail(
+                step,
+                sigma,
+                "every particle of a run has zero weight",
+                "the likelihood is too sharp for the twist: use more steps or particles",
             )
-
-
-class _Bar:
-    """A progress bar over the grid's steps (bisected sub-steps do not advance it)."""
-
-    def __init__(self, total: int, enabled: bool, desc: str):
-        from tqdm.auto import tqdm
-
-        self.bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True) if enabled else None
-
-    def update(self, advance: bool) -> None:
-        if self.bar is not None and advance:
-            self.bar.update(1)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()

@@ -263,17 +263,14 @@ class TDSTwist(Twist):
     tau_ref: float | None
 
     def at_noise(self, problem, prior, x, sigma):
-        with torch.enable_grad():
-            xg = x.detach().requires_grad_(True)
-            x0_hat = prior.denoise(xg, sigma)
+        def log_psi(x0_hat):
             if self.lg is not None:
                 var = self.lg.tau2 + self.kappa * sigma**2 / (1 + sigma**2)
-                log_psi = self.lg.log_potential(self.lg.coords(x0_hat), var) + self.lg.log_const
-            else:
-                log_psi = tempering(sigma, self.tau_ref) * problem.log_likelihood(x0_hat)
-            (grad,) = torch.autograd.grad(log_psi.sum(), xg)
-        prior.grad_evals += 1
-        return {"x0_hat": x0_hat.detach(), "log_psi": log_psi.detach(), "grad": grad}
+                return self.lg.log_potential(self.lg.coords(x0_hat), var) + self.lg.log_const
+            return tempering(sigma, self.tau_ref) * problem.log_likelihood(x0_hat)
+
+        x0_hat, value, grad = prior.denoise_vjp(x, sigma, log_psi)
+        return {"x0_hat": x0_hat, "log_psi": value, "grad": grad}
 
 
 def guided_move(m: Tensor, v: Tensor, grad: Tensor, generator) -> tuple[Tensor, Tensor]:

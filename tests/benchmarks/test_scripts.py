@@ -73,12 +73,26 @@ def test_images_benchmark(tmp_path):
 
 def test_cost_benchmark(tmp_path):
     out = tmp_path / "cost.json"
-    rows = load("cost").main(
-        ["afdps", "mcgdiff", "--steps", "3", "--batch", "4", "--repeats", "1", "--out", str(out)]
+    result = load("cost").main(
+        ["afdps", "dps", "--steps", "3", "--batch", "4", "--repeats", "1", "--batches", "1,2"]
+        + ["--sizes", "16,32", "--size-batch", "2", "--scaling-steps", "2", "--out", str(out)]
     )
-    assert [r["sampler"] for r in rows] == ["afdps", "mcgdiff"]
-    assert all(r["overhead"] > 0 and r["nfe"] >= 3 for r in rows)
-    assert json.loads(out.read_text())["rows"][1]["sampler"] == "mcgdiff"
+    assert [r["sampler"] for r in result["rows"]] == ["afdps", "dps"]
+    assert all(r["overhead"] > 0 and r["nfe"] >= 3 and r["peak_mb"] >= 0 for r in result["rows"])
+    assert [r["vjp"] > 0 for r in result["rows"]] == [False, True]
+    assert [(r["sampler"], r["batch"]) for r in result["batches"]][-1] == ("dps", 2)
+    assert [r["size"] for r in result["sizes"]] == [16, 16, 32, 32]
+    assert json.loads(out.read_text())["rows"][1]["sampler"] == "dps"
+
+
+def test_gpu_check_runs_on_cpu(tmp_path):
+    out = load("gpu_check").main(
+        ["--device", "cpu", "--particles", "64", "--steps", "4", "--batch", "2", "--big-batch", "4"]
+        + ["--max-batch", "2", "--repeats", "1", "--out", str(tmp_path / "g.json")]
+    )
+    assert all(row["ok"] for row in out["matrix"]), [r for r in out["matrix"] if not r["ok"]]
+    assert len(out["matrix"]) == 18 and len(out["cost"]) == 10
+    assert out["exactness"]["error_over_tolerance"] > 0
 
 
 def test_mcmc_digits_benchmark(tmp_path):

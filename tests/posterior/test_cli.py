@@ -1,6 +1,7 @@
 """The command line: a run file end to end, errors that name the field, benchmark dispatch."""
 
 import pytest
+import torch
 
 from posterior import cli
 
@@ -48,9 +49,26 @@ def test_run_file_writes_a_report(tmp_path):
     assert "DPS" in (tmp_path / "out" / "report.md").read_text()
 
 
+def test_run_file_checkpoints_and_resumes(tmp_path):
+    """A run with checkpoints, then --resume from its last checkpoint: the same samples."""
+    from posterior.results import PosteriorSamples
+
+    path = write(tmp_path, VALID.replace("steps = 3", "steps = 6") + "checkpoint_every = 4\nmax_batch = 3\n")
+    out = tmp_path / "out"
+    cli.main(["run", str(path), "--out", str(out), "--no-progress"])
+    first = PosteriorSamples.load(out / "samples.safetensors")
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 4
+    cli.main(["run", str(path), "--out", str(out), "--no-progress", "--resume"])
+    assert (PosteriorSamples.load(out / "samples.safetensors").samples == first.samples).all()
+    with pytest.raises(SystemExit, match="no checkpoint"):
+        cli.main(["run", str(path), "--out", str(tmp_path / "elsewhere"), "--no-progress", "--resume"])
+
+
 @pytest.mark.parametrize(
     ("old", "new", "field"),
     [
+        ("chains = 2", "chains = 2\nmax_batch = 0", "run.max_batch"),
+        ("chains = 2", "chains = 2\ncheckpoint_every = -1", "run.checkpoint_every"),
         ("steps = 3", "stepz = 3", "sampler.stepz"),
         ('name = "DPS"', 'name = "DSP"', "sampler.name"),
         ("sigma = 0.05", "sigma = -1.0", "noise.sigma"),
