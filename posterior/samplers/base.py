@@ -35,7 +35,8 @@ class CountingPrior:
         return self._checked(self._denoise(x, sigma), sigma)
 
     def _checked(self, out: Tensor, sigma: float | Tensor) -> Tensor:
-        if self.loop is not None and not bool(torch.isfinite(out.detach()).all()):
+        # a run split across processes checks its particles globally (a local stop would hang the others)
+        if self.loop is not None and self.loop.group is None and not bool(torch.isfinite(out.detach()).all()):
             self.loop.fail(self.loop.step, sigma, "the denoiser returned non-finite values")
         return out
 
@@ -43,15 +44,12 @@ class CountingPrior:
         n = x.shape[0]
         if self.max_batch is None or n <= self.max_batch:
             return self.prior.denoise(x, sigma)
-        per_row = isinstance(sigma, Tensor) and sigma.dim() > 0
         return torch.cat(
-            [
-                self.prior.denoise(
-                    x[i : i + self.max_batch], sigma[i : i + self.max_batch] if per_row else sigma
-                )
-                for i in range(0, n, self.max_batch)
-            ]
+            [self.prior.denoise(x[rows], rows_of(sigma, rows, n)) for rows in self._micro_batches(n)]
         )
+
+    def _micro_batches(self, n: int) -> list[slice]:
+        return [slice(i, i + self.max_batch) for i in range(0, n, self.max_batch)]
 
     def denoise_vjp(
         self, x: Tensor, sigma: float | Tensor, objective: Callable
@@ -77,12 +75,10 @@ class CountingPrior:
             x0_leaf = x0_hat.requires_grad_(True)
             value = objective(x0_leaf)
             (cotangent,) = torch.autograd.grad(value.sum(), x0_leaf)
-            per_row = isinstance(sigma, Tensor) and sigma.dim() > 0
             grads = []
-            for i in range(0, x.shape[0], self.max_batch):
-                rows = slice(i, i + self.max_batch)
+            for rows in self._micro_batches(x.shape[0]):
                 xb = x[rows].detach().requires_grad_(True)
-                out = self.prior.denoise(xb, sigma[rows] if per_row else sigma)
+                out = self.prior.denoise(xb, rows_of(sigma, rows, x.shape[0]))
                 grads.append(torch.autograd.grad(out, xb, cotangent[rows])[0])
         return x0_hat.detach(), value.detach(), torch.cat(grads)
 
@@ -92,6 +88,13 @@ class CountingPrior:
 
     def __getattr__(self, name):  # event_shape, sigma_min, sigma_max, ...; sample() is not for samplers
         return getattr(self.prior, name)
+
+
+def rows_of(sigma: float | Tensor, rows: slice, n: int) -> float | Tensor:
+    """``sigma`` for the rows ``rows`` of a batch of ``n``: sliced when it has one value per row."""
+    if isinstance(sigma, Tensor) and sigma.dim() > 0 and sigma.shape[0] == n:
+        return sigma[rows]
+    return sigma
 
 
 def one_y_per_chain(problem: InverseProblem, chains: int, num_samples: int, who: str) -> InverseProblem:
@@ -247,7 +250,7 @@ class Sampler:
             type(self).__name__,
             generator,
             counted,
-            fingerprint(self, problem, num_samples, chains),
+            lambda: fingerprint(self, problem, prior, num_samples, chains),
             progress=progress,
             callback=callback,
             checkpoint=checkpoint,

@@ -23,6 +23,8 @@ class ExactPosterior(Sampler):
     kind = "samples"
 
     def run(self, problem, prior, chains, num_samples, generator, loop):
+        if loop.checkpoint is not None or loop.resume_from is not None:
+            raise ValueError("ExactPosterior draws in one step: there is nothing to checkpoint or resume")
         if not hasattr(prior, "posterior"):
             raise ValueError("ExactPosterior needs an analytic prior (GaussianMixture or Gaussian)")
         if not problem.batched:

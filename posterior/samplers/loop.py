@@ -2,7 +2,7 @@
 
 A sampler's ``run`` is a state and a step::
 
-    start, state = loop.resume(lambda: {"x": initial_x()})   # a fresh state, or the checkpoint's
+    start, state = loop.resume(lambda: {"x": initial_x()}, steps)   # a fresh state, or the checkpoint's
     x = state["x"]
     for i in range(start, steps):
         x = ...                                               # one step
@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -44,8 +45,9 @@ class Loop:
         The run's generator; its state is saved and restored.
     counters : object with ``nfe`` and ``grad_evals``
         The counting prior; its counters are saved and restored.
-    fingerprint : dict
-        What a checkpoint must match to be resumed (sampler, configuration, sizes, measurement).
+    fingerprint : callable returning a dict
+        What a checkpoint must match to be resumed (sampler, configuration, sizes, measurement);
+        only computed when a checkpoint is written or read.
     progress : bool
     callback : callable, optional
         ``callback(step, state)`` after every step.
@@ -63,7 +65,7 @@ class Loop:
         name: str,
         generator: torch.Generator,
         counters,
-        fingerprint: dict,
+        fingerprint: Callable[[], dict],
         *,
         progress: bool = True,
         callback: Callable[[int, dict], None] | None = None,
@@ -74,19 +76,25 @@ class Loop:
     ):
         if not isinstance(checkpoint_every, int) or checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be a positive int, got {checkpoint_every!r}")
+        if group is not None and (checkpoint is not None or resume is not None):
+            raise ValueError("checkpoints of a run split across processes (group=) are not supported")
         self.name, self.generator, self.counters = name, generator, counters
-        self.fingerprint, self.progress, self.callback = fingerprint, progress, callback
+        self.make_fingerprint, self.progress, self.callback = fingerprint, progress, callback
+        self._fingerprint: dict | None = None
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         self.every, self.resume_from, self.group = checkpoint_every, resume, group
         self.bar = None
         self.last_good: dict | None = None
 
     # -- the sampler's side ------------------------------------------------------------------------
-    def resume(self, initial: Callable[[], dict], total: int) -> tuple[int, dict]:
+    def resume(
+        self, initial: Callable[[], dict], total: int, shown: Callable[[int, dict], int] | None = None
+    ) -> tuple[int, dict]:
         """The step to start from and the loop state: ``(0, initial())``, or the checkpoint's.
 
-        ``initial`` is only called for a fresh run (it may spend NFE and random draws); ``total`` is the
-        number of steps, for the progress bar.
+        ``initial`` is only called for a fresh run (it may spend NFE and random draws). ``total`` is
+        the number of steps the progress bar shows, and ``shown(start, state)`` how many of them are
+        done (default ``start``; samplers with sub-steps count differently).
         """
         if self.resume_from is None:
             start, state = 0, initial()
@@ -96,7 +104,8 @@ class Loop:
         if self.progress:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, initial=start, desc=self.name, leave=False, dynamic_ncols=True)
+            done = start if shown is None else shown(start, state)
+            self.bar = tqdm(total=total, initial=done, desc=self.name, leave=False, dynamic_ncols=True)
         return start, state
 
     def done(
@@ -153,10 +162,15 @@ class Loop:
             self.bar = None
 
     # -- files -----------------------------------------------------------------------------------
+    @property
+    def fingerprint(self) -> dict:
+        if self._fingerprint is None:
+            self._fingerprint = self.make_fingerprint()
+        return self._fingerprint
+
     def snapshot(self, step: int, state: dict) -> dict:
         return {
             "format": FORMAT,
-            "fingerprint": self.fingerprint,
             "step": step,
             "state": _copy_containers(state),
             "rng": self.generator.get_state(),
@@ -165,14 +179,15 @@ class Loop:
         }
 
     def save(self, path: Path, snapshot: dict) -> None:
-        if self.group is not None:
-            raise ValueError("checkpoints of a run split across processes are not supported")
-        atomic_write(path, lambda tmp: torch.save(snapshot, tmp))
+        atomic_write(path, lambda tmp: torch.save({**snapshot, "fingerprint": self.fingerprint}, tmp))
 
     def load(self, path: str | os.PathLike) -> tuple[int, dict]:
-        if self.group is not None:
-            raise ValueError("resuming a run split across processes is not supported")
-        saved = torch.load(path, map_location=self.fingerprint["device"], weights_only=True)
+        """The step and state of a checkpoint (tensors on the devices they were saved from; the
+        fingerprint requires the same device), with the generator and the counters restored."""
+        try:
+            saved = torch.load(path, weights_only=True)
+        except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
+            raise ValueError(f"{path} is not a posterior checkpoint: {err}") from err
         if not isinstance(saved, dict) or saved.get("format") != FORMAT:
             raise ValueError(f"{path} is not a posterior checkpoint (format {FORMAT})")
         differ = [k for k in self.fingerprint if saved["fingerprint"].get(k) != self.fingerprint[k]]
@@ -181,18 +196,20 @@ class Loop:
                 f"{path} was written by a different run: {', '.join(differ)} differ; resume with the "
                 "same sampler, configuration, problem, num_samples and chains"
             )
-        self.generator.set_state(saved["rng"])
+        self.generator.set_state(saved["rng"].cpu())
         self.counters.nfe, self.counters.grad_evals = saved["nfe"], saved["grad_evals"]
         return saved["step"], saved["state"]
 
 
-def fingerprint(sampler, problem, num_samples: int, chains: int) -> dict:
-    """What a checkpoint must match: the sampler and its configuration, the sizes and the measurement."""
+def fingerprint(sampler, problem, prior, num_samples: int, chains: int) -> dict:
+    """What a checkpoint must match: the sampler and its configuration (its plain fields), the
+    operator's, noise model's and prior's types, the sizes, dtype, device and the measurement's bytes."""
     config = {k: v for k, v in vars(sampler).items() if isinstance(v, int | float | str | bool | None)}
-    y = problem.y.detach().cpu().contiguous()
+    y = problem.y.detach().cpu().contiguous().reshape(-1)
     return {
         "sampler": type(sampler).__name__,
         "config": json.dumps(config, sort_keys=True),
+        "model": f"{type(problem.operator).__name__}, {type(problem.noise).__name__}, {type(prior).__name__}",
         "num_samples": num_samples,
         "chains": chains,
         "dtype": str(y.dtype),

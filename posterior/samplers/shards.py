@@ -55,6 +55,13 @@ class Shards:
         dist.all_gather(parts, t.contiguous(), group=self.group)
         return torch.cat(parts, 1)
 
+    def all_finite(self, t: Tensor) -> bool:
+        """Whether ``t`` is finite on every shard (the same answer on all of them)."""
+        finite = torch.isfinite(t).all().to(torch.int32).reshape(1)
+        if self.size > 1:
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN, group=self.group)
+        return bool(finite)
+
     def gather_rows(self, t: Tensor, B: int) -> Tensor:
         """``(B * n, ...)`` from every shard -> ``(B * N, ...)``, run-major."""
         if self.size == 1:

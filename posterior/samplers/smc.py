@@ -213,7 +213,10 @@ class ParticleSampler(Sampler):
                 "queue": queue,
             }
 
-        start, state = loop.resume(initial, len(sigmas) - 1)
+        total = len(sigmas) - 1
+        start, state = loop.resume(  # start counts sub-steps; the bar shows grid steps
+            initial, total, lambda _, st: total - sum(on_grid for *_, on_grid in st["queue"])
+        )
         sigma, x, cache, log_w, records, queue = (
             state[k] for k in ("sigma", "x", "cache", "log_w", "records", "queue")
         )
@@ -231,8 +234,8 @@ class ParticleSampler(Sampler):
                 queue = [(middle, depth + 1, False), (target, depth + 1, on_grid), *queue[1:]]
                 continue
             queue = queue[1:]
-            step = len(records["sigma"])
-            if not bool(torch.isfinite(x_new).all()):
+            step = len(records["sigma"]) - 1  # 0-based, counting sub-steps
+            if not shards.all_finite(x_new):
                 loop.fail(step, target, "non-finite values")
             self._check_weights(all_w_new, loop, step, target)
             sigma, x, cache, log_w, all_w = target, x_new, cache_new, log_w_new, all_w_new
@@ -257,8 +260,8 @@ class ParticleSampler(Sampler):
                 "records": records,
                 "queue": queue,
             }
-            view = {"x": shards.gather_rows(x, B), "log_weights": all_w}
-            loop.done(step - 1, sigma, state, view=view, advance=on_grid)
+            view = {"x": shards.gather_rows(x, B), "log_weights": all_w} if loop.callback else None
+            loop.done(step, sigma, state, view=view, advance=on_grid)
         x = shards.gather_rows(x, B)
         if self.resample:
             one = Shards(None, N)

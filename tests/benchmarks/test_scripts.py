@@ -92,7 +92,7 @@ def test_gpu_check_runs_on_cpu(tmp_path):
     )
     assert all(row["ok"] for row in out["matrix"]), [r for r in out["matrix"] if not r["ok"]]
     assert len(out["matrix"]) == 18 and len(out["cost"]) == 10
-    assert out["exactness"]["error_over_tolerance"] > 0
+    assert 0 < out["exactness"]["error_over_tolerance"] < 1  # AFDPS within 4 standard errors + 0.02
 
 
 def test_mcmc_digits_benchmark(tmp_path):

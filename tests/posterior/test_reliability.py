@@ -1,5 +1,6 @@
 """Checkpoints, resume after a kill, NaN guards and micro-batching, for every sampler."""
 
+import math
 import os
 import subprocess
 import sys
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import operators as ops
 import posterior as post
 
 # Shared by this test and the subprocess that is killed: the problem and the samplers, by name.
@@ -98,7 +100,10 @@ def test_a_run_killed_midway_resumes_bit_identically(name, tmp_path):
     done = subprocess.run([sys.executable, str(script), name, str(path), "7"], env=env, capture_output=True)
     assert done.returncode == -9, done.stderr.decode()[-2000:]
     assert torch.load(path, weights_only=True)["step"] == 6
-    same(namespace["run"](name, resume=path), namespace["run"](name))
+    steps = []
+    resumed = namespace["run"](name, resume=path, callback=lambda i, state: steps.append(i))
+    assert steps[0] == 6  # it continued; it did not start again
+    same(resumed, namespace["run"](name))
 
 
 def test_resume_refuses_another_run(tmp_path):
@@ -113,8 +118,14 @@ def test_resume_refuses_another_run(tmp_path):
             problem, prior, 4, chains=2, seed=3, progress=False, resume=path
         )
     path.write_bytes(b"not a checkpoint")
-    with pytest.raises(Exception):  # noqa: B017 -- torch's unpickling error
+    with pytest.raises(ValueError, match="not a posterior checkpoint"):
         namespace["run"]("dps", resume=path)
+    with pytest.raises(ValueError, match="split across processes"):
+        post.samplers.AFDPS(steps=4).sample(problem, prior, 4, chains=2, group=object(), checkpoint=path)
+    with pytest.raises(ValueError, match="cannot split"):
+        post.samplers.DPS(steps=4).sample(problem, prior, 4, chains=2, group=object())
+    with pytest.raises(ValueError, match="nothing to checkpoint"):
+        post.samplers.ExactPosterior().sample(problem, prior, 4, chains=2, checkpoint=path)
 
 
 class Exploding:
@@ -145,6 +156,26 @@ def test_nan_stops_naming_sampler_step_sigma_and_saves_the_last_good_state(name,
     saved = torch.load(path, weights_only=True)
     assert str(path) in str(err.value) and f"(step {saved['step']})" in str(err.value)
     assert all(bool(torch.isfinite(t).all()) for t in saved["state"].values() if isinstance(t, torch.Tensor))
+
+
+def test_non_finite_draws_and_impossible_weights_stop_the_run(tmp_path):
+    """The two other guards: draws that overflow after a step (DPS with an absurd step size) and SMC
+    runs whose every particle has zero weight (a likelihood that is -inf everywhere)."""
+    prior, problem = cases()["mixture"]()
+    with pytest.raises(FloatingPointError, match=r"DPS: non-finite values at step 0 \(sigma="):
+        post.samplers.DPS(steps=12, guidance="likelihood", step_size=1e308).sample(
+            problem, prior, 4, chains=2, progress=False, checkpoint=tmp_path / "a.pt"
+        )
+
+    class Impossible(ops.LaplaceNoise):
+        def log_prob(self, y, Ax):
+            return Ax.reshape(Ax.shape[0], -1).sum(1) * 0 - math.inf
+
+    impossible = post.InverseProblem(problem.operator, Impossible(0.5), problem.y)
+    with pytest.raises(FloatingPointError, match="AFDPS: every particle of a run has zero weight at step 0"):
+        post.samplers.AFDPS(steps=12, tempering_scale=1.0).sample(
+            impossible, prior, 4, chains=2, progress=False
+        )
 
 
 def test_nan_without_checkpoint_names_a_temporary_file():
