@@ -73,3 +73,33 @@ def test_a_cpu_generator_drives_a_cuda_run_like_a_cpu_run():
             S.DPS(steps=8).sample(problem, prior, 8, seed=torch.Generator().manual_seed(0), progress=False)
         )
     torch.testing.assert_close(results[1].samples.cpu(), results[0].samples, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", ["dps", "reddiff", "afdps", "dlg"])
+def test_resume_on_the_device(name, device, tmp_path):
+    """A run stopped after its first checkpoint and resumed on the same device gives the same draws
+    (tensors come back where they were saved; the generator state is a CPU tensor)."""
+    prior, problem = mixture_problem(torch.float64, device)
+    path = tmp_path / "run.pt"
+    sampler = SAMPLERS[name]()
+
+    def stop(step, state):
+        if step == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        sampler.sample(
+            problem,
+            prior,
+            8,
+            chains=2,
+            seed=0,
+            progress=False,
+            checkpoint=path,
+            checkpoint_every=3,
+            callback=stop,
+        )
+    resumed = sampler.sample(problem, prior, 8, chains=2, seed=0, progress=False, resume=path)
+    whole = sampler.sample(problem, prior, 8, chains=2, seed=0, progress=False)
+    assert resumed.samples.device.type == device and torch.equal(resumed.samples, whole.samples)
