@@ -202,9 +202,9 @@ class Loop:
 
 
 def fingerprint(sampler, problem, prior, num_samples: int, chains: int) -> dict:
-    """What a checkpoint must match: the sampler and its configuration (its plain fields), the
+    """What a checkpoint must match: the sampler and its configuration (its plain-data fields), the
     operator's, noise model's and prior's types, the sizes, dtype, device and the measurement's bytes."""
-    config = {k: v for k, v in vars(sampler).items() if isinstance(v, int | float | str | bool | None)}
+    config = {k: v for k, v in vars(sampler).items() if _plain(v)}
     y = problem.y.detach().cpu().contiguous().reshape(-1)
     return {
         "sampler": type(sampler).__name__,
@@ -216,6 +216,15 @@ def fingerprint(sampler, problem, prior, num_samples: int, chains: int) -> dict:
         "device": str(problem.y.device),
         "y": hashlib.sha256(y.view(torch.uint8).numpy().tobytes()).hexdigest(),
     }
+
+
+def _plain(value) -> bool:
+    """Whether a configuration value is plain data (numbers, strings, their tuples and lists)."""
+    try:
+        json.dumps(value)
+    except TypeError:
+        return False
+    return True
 
 
 def _copy_containers(value):

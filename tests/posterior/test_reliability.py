@@ -216,3 +216,15 @@ def test_sigma_outside_the_trained_range_warns():
     prior = post.priors.pretrained("digits")
     with pytest.warns(UserWarning, match="trained range"):
         prior.denoise(torch.zeros(1, 1, 16, 16), prior.sigma_max * 2)
+
+
+def test_fingerprint_sees_tuple_hyperparameters():
+    """A per-source step size (a tuple) is part of the configuration a checkpoint must match."""
+    from posterior.samplers.loop import fingerprint
+
+    prior, problem = cases()["mixture"]()
+    a, b = (
+        fingerprint(post.samplers.JointPosterior(step_size=s), problem, prior, 4, 2)["config"]
+        for s in ((1.0, 2.0), (1.0, 3.0))
+    )
+    assert a != b
