@@ -199,7 +199,7 @@ class Sampler:
         resume : path, optional
             A checkpoint of the same sampler, configuration, problem, ``num_samples`` and ``chains``:
             the run continues from it and gives the same result, bit for bit, as an uninterrupted run
-            with the same seed on the same device.
+            with the same seed on the same device. The result's ``wall_time`` counts this call only.
         max_batch : int, optional
             Run the network on micro-batches of at most this many rows (same result, bounded memory).
         group : torch.distributed process group, optional
