@@ -40,7 +40,7 @@ import posterior as post
 from operators.ultrasound import compand, expand
 from posterior import metrics
 from posterior.data import bmode, contrast_db, envelope, gcnr, ks_statistic, scan_convert, ultrasound_frames
-from posterior.priors import PatchedPrior, StackedPrior, pretrained
+from posterior.priors import StackedPrior, ultrasound_prior
 from posterior.utils import write_json
 
 DYNAMIC_RANGE = 60.0
@@ -56,26 +56,26 @@ def svd_filter(hazy: torch.Tensor, rank: int) -> torch.Tensor:
 
 def dehaze_joint(y, tissue, haze, args, seed):
     shape = tuple(y.shape)
-    prior = StackedPrior([PatchedPrior(p, shape[1:], overlap=8) for p in (tissue, haze)])
+    prior = StackedPrior([ultrasound_prior(p, shape[1:]) for p in (tissue, haze)])
     problem = post.InverseProblem(ops.HazeLink(shape), ops.GaussianNoise(args.sigma_y), y)
     sampler = post.samplers.JointPosterior(
         steps=args.steps, guidance="pigdm", sigma_start=args.sigma_start, step_size=(1.0, 1.0)
     )
     result = sampler.sample(problem, prior, args.draws, seed=seed, progress=args.progress)
-    tissue_draws, haze_draws = prior.split(result.samples[0])
+    tissue_draws, haze_draws = prior.split(result.samples[0].clamp(-1.0, 1.0))  # the range the link sees
     return tissue_draws, haze_draws, result
 
 
 def dehaze_dps(y, tissue, haze_std, args, seed):
     """One prior, haze as Gaussian noise: DPS guidance (a VJP through Tweedie's estimate) with the joint
     sampler's schedule and late start, step size 0.1 (1 diverges: the noise is far from Gaussian)."""
-    prior = PatchedPrior(tissue, tuple(y.shape[1:]), overlap=8)
+    prior = ultrasound_prior(tissue, tuple(y.shape[1:]))
     problem = post.InverseProblem(ops.Identity(tuple(y.shape)), ops.GaussianNoise(haze_std), y)
     sampler = post.samplers.JointPosterior(
         steps=args.steps, guidance="dps", sigma_start=args.sigma_start, step_size=0.1
     )
     result = sampler.sample(problem, prior, args.draws, seed=seed, progress=args.progress)
-    return result.samples[0], result
+    return result.samples[0].clamp(-1.0, 1.0), result
 
 
 def best_svd_rank(lines: int, samples: int, max_rank: int = 8) -> int:
@@ -142,13 +142,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--sigma-start", type=float, default=3.0)
     parser.add_argument("--sigma-y", type=float, default=0.02)
+    parser.add_argument("--weights", type=Path, default=None, help="folder of us-tissue/us-haze weights")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--figure", type=Path, default=Path("docs/figures/dehazing.png"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/dehazing.json"))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    tissue, haze = pretrained("us-tissue"), pretrained("us-haze")
+    tissue, haze = (
+        name if args.weights is None else args.weights / f"{name}.safetensors"
+        for name in ("us-tissue", "us-haze")
+    )
     frame = ultrasound_frames(args.frames, lines=args.lines, samples=args.samples, seed=10_000)
     haze_std = float((frame["hazy"] - frame["tissue"]).std())
     rank = best_svd_rank(args.lines, args.samples)

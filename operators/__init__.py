@@ -17,7 +17,7 @@ from operators.base import (
     Scaled,
     Sum,
 )
-from operators.imaging import Blur, Downsample, Inpainting
+from operators.imaging import BandlimitedUpsample, Blur, Downsample, Inpainting
 from operators.mri import MRI, birdcage_maps
 from operators.noise import (
     GaussianNoise,
@@ -35,6 +35,7 @@ from operators.ultrasound import HazeLink
 __all__ = [
     "SVD",
     "Adjoint",
+    "BandlimitedUpsample",
     "Blur",
     "Composition",
     "Downsample",

@@ -333,3 +333,49 @@ class Downsample(LinearOperator):
         """``A^+ y``: nearest upsampling, shape ``(n, C, H, W)``."""
         check_batch(y, self.out_shape, "y")
         return self._upsample(y)
+
+
+def dct_matrix(n: int, dtype: torch.dtype = torch.float64) -> Tensor:
+    """The orthonormal DCT-II matrix ``(n, n)``: ``C[k, i] = sqrt(2 / n) c_k cos(pi (i + 1/2) k / n)``,
+    ``c_0 = 1 / sqrt(2)``, else 1."""
+    i = torch.arange(n, dtype=torch.float64)
+    c = torch.cos(math.pi * (i[None] + 0.5) * i[:, None] / n) * math.sqrt(2.0 / n)
+    c[0] /= math.sqrt(2.0)
+    return c.to(dtype)
+
+
+class BandlimitedUpsample(LinearOperator):
+    """Band-limited interpolation along the last axis: ``(C, H, m) -> (C, H, W)``, ``m <= W``.
+
+    ``A s = s P`` with ``P = C_m^T [C_W]_{:m}`` (``m x W``): the DCT of ``s``'s rows, their ``m``
+    coefficients as the lowest ``m`` of a length-``W`` DCT, the inverse. ``A`` is an isometry
+    (``A^T A = I``) and ``A A^T`` is the orthogonal projection onto the rows whose DCT vanishes above
+    ``m``: the adjoint ``A^T`` is a band-limited downsampling by ``W / m`` that keeps the energy (the
+    values grow by ``sqrt(W / m)``). A prior on the small grid, lifted by ``A``, is a prior on
+    laterally smooth frames (see :class:`posterior.priors.SubspacePrior`).
+
+    Parameters
+    ----------
+    shape : tuple of int
+        The small image shape ``(C, H, m)``.
+    width : int
+        ``W >= m``.
+    """
+
+    def __init__(self, shape: Sequence[int], width: int):
+        C, H, m = _image_shape(shape, "shape")
+        if isinstance(width, bool) or int(width) != width or width < m:
+            raise ValueError(f"width must be an int >= {m}, got {width!r}")
+        super().__init__((C, H, m), (C, H, int(width)))
+        self.matrix = dct_matrix(m).T @ dct_matrix(int(width))[:m]  # (m, W), P P^T = I
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x @ self.matrix.to(x)
+
+    def adjoint(self, y: Tensor) -> Tensor:
+        return y @ self.matrix.T.to(y)
+
+    def pinv(self, y: Tensor, **_) -> Tensor:
+        """``A^+ = A^T`` (an isometry), shape ``(n, C, H, m)``."""
+        check_batch(y, self.out_shape, "y")
+        return self.adjoint(y)

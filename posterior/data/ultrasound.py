@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from operators.imaging import BandlimitedUpsample
 from operators.ultrasound import compand
 from posterior.utils import make_generator
 
@@ -317,36 +318,48 @@ def ultrasound_patches(
     lines: int = 128,
     samples: int = 512,
     per_frame: int = 16,
+    width: int | None = None,
     config: UltrasoundConfig | None = None,
     device: torch.device | str | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Random ``size x size`` patches of companded tissue RF and of haze RF, for two diffusion priors.
 
     Frames come from :func:`ultrasound_frames` (``lines x samples`` grid); ``per_frame`` positions
-    are drawn uniformly per frame and the tissue and haze patches share them (so
-    ``compose(tissue, haze)`` are the matching hazy patches). With the default grid a patch spans
-    ``size * 0.23 mm`` of depth by ``size * 0.625`` degrees (64: 1.5 cm x 40 degrees).
+    are drawn uniformly per frame and the tissue and haze patches share them. With ``width``, each
+    frame is first resampled to ``width`` columns by the band-limited downsampling
+    ``operators.BandlimitedUpsample((1, samples, width), lines).adjoint`` (energy-preserving: values
+    grow by ``sqrt(lines / width)``), so a patch sees ``lines / width`` times more lines. With the
+    default grid a patch spans ``size * 0.23 mm`` of depth by ``size * 0.625`` degrees (64: 1.5 cm
+    x 40 degrees), times ``lines / width`` laterally.
 
     Returns
     -------
-    (tissue, haze) : Tensors, shape (n, 1, size, size), float32 in [-1, 1], depth along rows.
+    (tissue, haze) : Tensors, shape (n, 1, size, size), float32, depth along rows; in [-1, 1]
+    without ``width`` (then ``compose(tissue, haze)`` are the matching hazy patches).
     """
     for name, value, low in (("n", n, 0), ("per_frame", per_frame, 1), ("size", size, 1)):
         _check_int(name, value, low)
-    if size > min(lines, samples):
-        raise ValueError(f"size must be <= min(lines, samples) = {min(lines, samples)}, got {size}")
+    columns = lines if width is None else width
+    if width is not None:
+        _check_int("width", width, 1)
+        if width > lines:
+            raise ValueError(f"width must be <= lines = {lines}, got {width}")
+    if size > min(columns, samples):
+        raise ValueError(f"size must be <= min(columns, samples) = {min(columns, samples)}, got {size}")
     cfg = config or UltrasoundConfig()
     gen, dev = make_generator(seed, device)
+    down = None if width is None else BandlimitedUpsample((1, samples, width), lines).adjoint
     tissue = torch.empty(n, 1, size, size, device=dev)
     haze = torch.empty_like(tissue)
     for start in range(0, n, per_frame):
         f = _frame(cfg, samples, lines, 1.0, gen)
+        sources = [f[key] if down is None else down(f[key][None, None])[0, 0] for key in ("tissue", "haze")]
         m = min(per_frame, n - start)
         rows = torch.randint(0, samples - size + 1, (m,), generator=gen, device=dev).tolist()
-        cols = torch.randint(0, lines - size + 1, (m,), generator=gen, device=dev).tolist()
+        cols = torch.randint(0, columns - size + 1, (m,), generator=gen, device=dev).tolist()
         for j, (i0, j0) in enumerate(zip(rows, cols, strict=True)):
-            tissue[start + j, 0] = f["tissue"][i0 : i0 + size, j0 : j0 + size]
-            haze[start + j, 0] = f["haze"][i0 : i0 + size, j0 : j0 + size]
+            tissue[start + j, 0] = sources[0][i0 : i0 + size, j0 : j0 + size]
+            haze[start + j, 0] = sources[1][i0 : i0 + size, j0 : j0 + size]
     return tissue, haze
 
 

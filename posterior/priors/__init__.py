@@ -3,11 +3,11 @@ the bundled pretrained priors."""
 
 from posterior.priors.analytic import Gaussian, GaussianMixture
 from posterior.priors.base import DenoiserPrior, DiffusionPrior
-from posterior.priors.composite import PatchedPrior, StackedPrior
+from posterior.priors.composite import PatchedPrior, StackedPrior, SubspacePrior
 from posterior.priors.diffusers_adapter import from_diffusers
 from posterior.priors.network import NetworkPrior
 from posterior.priors.noise_level import NoiseLevelClassifier
-from posterior.priors.pretrained import info, noise_classifier, pretrained
+from posterior.priors.pretrained import info, noise_classifier, pretrained, ultrasound_prior
 from posterior.priors.schedules import EDMSchedule, Schedule, VESchedule, VPSchedule
 from posterior.priors.training import RECIPES, train
 from posterior.priors.unet import UNet
@@ -24,6 +24,7 @@ __all__ = [
     "PatchedPrior",
     "Schedule",
     "StackedPrior",
+    "SubspacePrior",
     "UNet",
     "VESchedule",
     "VPSchedule",
@@ -32,4 +33,5 @@ __all__ = [
     "noise_classifier",
     "pretrained",
     "train",
+    "ultrasound_prior",
 ]

@@ -78,14 +78,18 @@ def _phantoms_held_out() -> Tensor:
     return phantoms(300, 32, seed=10_000)
 
 
-US_PATCH, US_POOL = 32, 16_384  # ultrasound: patch side; patches cut once from 256-line x 512-sample frames
+# ultrasound: patch side, pool size, frame grid, and the band-limited width the frames are resampled to
+US_PATCH, US_POOL, US_FRAME, US_WIDTH = 32, 16_384, (512, 256), 64
 
 
 @cache
 def _ultrasound_pool(source: str) -> Tensor:
     from posterior.data import ultrasound_patches
 
-    tissue, haze = ultrasound_patches(US_POOL, US_PATCH, seed=1, lines=256, samples=512, per_frame=64)
+    samples, lines = US_FRAME
+    tissue, haze = ultrasound_patches(
+        US_POOL, US_PATCH, seed=1, lines=lines, samples=samples, per_frame=64, width=US_WIDTH
+    )
     return tissue if source == "tissue" else haze
 
 
@@ -106,7 +110,10 @@ def _ultrasound_held_out(source: str) -> Callable[[], Tensor]:
     def held_out() -> Tensor:
         from posterior.data import ultrasound_patches
 
-        tissue, haze = ultrasound_patches(300, US_PATCH, seed=10_000, lines=256, samples=512, per_frame=64)
+        samples, lines = US_FRAME
+        tissue, haze = ultrasound_patches(
+            300, US_PATCH, seed=10_000, lines=lines, samples=samples, per_frame=64, width=US_WIDTH
+        )
         return tissue if source == "tissue" else haze
 
     return held_out
@@ -164,9 +171,10 @@ RECIPES = {
     **{
         f"us-{source}": Recipe(
             name=f"us-{source}",
-            description=f"32x32 patches of mu-law companded {source} RF in [-1, 1] from simulated "
-            "256-line x 512-sample echocardiography frames (posterior.data.ultrasound_patches, a pool of "
-            "16,384 patches, seed 1; random left-right and sign flips; held-out seed 10000)",
+            description=f"32x32 patches of mu-law companded {source} RF from simulated 256-line x "
+            "512-sample echocardiography frames, band-limited resampled to 64 columns (a patch sees 128 "
+            "lines: 40 degrees x 7 mm) (posterior.data.ultrasound_patches(width=64), a pool of 16,384 "
+            "patches, seed 1; random left-right and sign flips; held-out seed 10000)",
             batch=_ultrasound_batch(source),
             held_out=_ultrasound_held_out(source),
             event_shape=(1, US_PATCH, US_PATCH),
@@ -176,7 +184,7 @@ RECIPES = {
             sigma_data=sigma_data,
             classifier_steps=0,
         )
-        for source, sigma_data in (("tissue", 0.4), ("haze", 0.25))
+        for source, sigma_data in (("tissue", 0.7), ("haze", 0.45))
     },
 }
 

@@ -134,7 +134,7 @@ def test_calibration_benchmark(tmp_path):
 def test_dehazing_benchmark(tmp_path):
     """Small frames and two steps: every method and metric runs and the figure is written."""
     rows = load("dehazing").main(
-        ["--frames", "1", "--lines", "64", "--samples", "96", "--draws", "1", "--steps", "2"]
+        ["--frames", "1", "--lines", "128", "--samples", "96", "--draws", "1", "--steps", "2"]
         + ["--figure", str(tmp_path / "d.png"), "--out", str(tmp_path / "d.json")]
     )
     assert [r["method"] for r in rows] == ["clean", "hazy", "svd", "dps", "joint"]

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from operators.imaging import Blur, Downsample, Inpainting
+from operators.imaging import BandlimitedUpsample, Blur, Downsample, Inpainting, dct_matrix
 from operators.testing import check_adjoint as assert_adjoint
 
 
@@ -28,6 +28,7 @@ OPERATORS = {
     "down-2": lambda: Downsample((1, 8, 8), 2),
     "down-3": lambda: Downsample((3, 6, 9), 3),
     "down-1": lambda: Downsample((2, 4, 4), 1),
+    "bandlimited": lambda: BandlimitedUpsample((2, 3, 4), 11),
 }
 
 
@@ -183,3 +184,21 @@ def test_errors():
         Downsample((1, 6, 6), 0)
     with pytest.raises(ValueError, match="x has shape"):
         Downsample((1, 6, 6), 2)(torch.zeros(1, 6, 6))
+
+
+def test_bandlimited_upsample_is_an_isometry_onto_the_low_band():
+    A = BandlimitedUpsample((1, 3, 4), 16)
+    torch.testing.assert_close(dct_matrix(16) @ dct_matrix(16).T, torch.eye(16, dtype=torch.float64))
+    s = randn(2, 1, 3, 4)
+    torch.testing.assert_close(A.adjoint(A(s)), s)  # A^T A = I
+    torch.testing.assert_close(A(s).norm(), s.norm())
+    coefficients = A(s) @ dct_matrix(16).T  # the lifted rows have no DCT content above 4 ...
+    assert float(coefficients[..., 4:].abs().max()) < 1e-12
+    x = randn(2, 1, 3, 16, seed=1)  # ... and A A^T removes exactly that content
+    torch.testing.assert_close(
+        A(A.adjoint(x)) @ dct_matrix(16).T, (x @ dct_matrix(16).T) * (torch.arange(16) < 4)
+    )
+    smooth = torch.cos(torch.pi * (torch.arange(16, dtype=torch.float64) + 0.5) * 2 / 16).expand(1, 1, 3, 16)
+    torch.testing.assert_close(A(A.pinv(smooth)), smooth)
+    with pytest.raises(ValueError, match="width"):
+        BandlimitedUpsample((1, 3, 4), 3)

@@ -7,7 +7,7 @@ import torch
 import operators as ops
 import posterior as post
 from posterior import metrics
-from posterior.priors import Gaussian, GaussianMixture, PatchedPrior, StackedPrior
+from posterior.priors import Gaussian, GaussianMixture, PatchedPrior, StackedPrior, SubspacePrior
 from posterior.priors.composite import patch_starts
 
 
@@ -100,6 +100,46 @@ def test_patched_prior_equals_the_frame_denoiser_for_a_pixelwise_prior():
     )
     with pytest.raises(ValueError, match="larger than the frame"):
         PatchedPrior(patch, (6, 29))
+
+
+def test_subspace_prior_is_the_exact_lifted_prior():
+    """x = A s with s ~ a 3-mode mixture in (1, 2, 3) and A an isometry onto (1, 2, 8): the lifted
+    denoiser equals the closed-form posterior mean of the degenerate mixture sum_k w_k N(A m_k, s_k^2 A A^T)."""
+    g = torch.Generator().manual_seed(0)
+    centres = 2 * torch.randn(3, 1, 2, 3, generator=g, dtype=torch.float64)
+    weights, variances = torch.tensor([0.5, 0.3, 0.2]).double(), torch.tensor([0.1, 0.3, 0.2]).double()
+    small = GaussianMixture(centres, weights, variances)
+    lift = ops.BandlimitedUpsample((1, 2, 3), 8)
+    prior = SubspacePrior(small, lift)
+    U = lift.to_matrix()  # (16, 6), U^T U = I
+    x = torch.randn(4, 1, 2, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    for sigma in (0.05, 0.7, 5.0):
+        means = centres.reshape(3, -1) @ U.T  # (3, 16)
+        covs = [variances[k] * U @ U.T + sigma**2 * torch.eye(16, dtype=torch.float64) for k in range(3)]
+        flat = x.reshape(4, -1)
+        log_w = torch.stack(
+            [
+                weights[k].log() + torch.distributions.MultivariateNormal(means[k], covs[k]).log_prob(flat)
+                for k in range(3)
+            ],
+            1,
+        )
+        posts = torch.stack(
+            [
+                means[k] + (flat - means[k]) @ torch.linalg.solve(covs[k], variances[k] * U @ U.T)
+                for k in range(3)
+            ],
+            1,
+        )
+        exact = (log_w.softmax(1)[..., None] * posts).sum(1).reshape(x.shape)
+        torch.testing.assert_close(prior.denoise(x, sigma), exact)
+    assert prior.event_shape == (1, 2, 8)
+    with pytest.raises(ValueError, match="isometry"):
+        SubspacePrior(
+            small, ops.Matrix(2 * torch.eye(6, dtype=torch.float64), in_shape=(1, 2, 3), out_shape=(1, 2, 3))
+        )
+    with pytest.raises(ValueError, match="in_shape"):
+        SubspacePrior(small, ops.BandlimitedUpsample((1, 2, 4), 8))
 
 
 def test_haze_link():

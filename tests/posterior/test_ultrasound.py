@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+import operators as ops
 from operators.ultrasound import compand, compose, expand
 from posterior.data.ultrasound import (
     UltrasoundConfig,
@@ -168,6 +169,25 @@ def test_patches_shapes_range_and_determinism():
     t2, h2 = ultrasound_patches(20, size=32, seed=3, per_frame=8)
     assert torch.equal(tissue, t2) and torch.equal(haze, h2)
     assert ultrasound_patches(0, size=16)[0].shape == (0, 1, 16, 16)
+
+
+def test_band_limited_patches_are_cut_from_the_resampled_frame():
+    """``width=`` patches are patches of ``BandlimitedUpsample(...).adjoint(frame)``, with the frame's energy."""
+    tissue, haze = ultrasound_patches(3, size=16, seed=5, per_frame=3, width=32)
+    frame = ultrasound_frames(1, LINES, SAMPLES, seed=5)  # the same generator draws the same frame first
+    down = ops.BandlimitedUpsample((1, SAMPLES, 32), LINES).adjoint
+    for patches, key in ((tissue, "tissue"), (haze, "haze")):
+        small = down(frame[key])[0, 0]
+        found = [
+            bool((small.unfold(0, 16, 1).unfold(1, 16, 1) - p[0]).abs().amax((-1, -2)).min() < 1e-6)
+            for p in patches
+        ]
+        assert all(found), key
+        ratio = float(small.pow(2).sum() / frame[key].pow(2).sum())
+        # content above 1/8 cycle per line is lost: 8% of the tissue here, 1% on the 256-line grid
+        assert 0.85 < ratio <= 1 + 1e-6, (key, ratio)
+    with pytest.raises(ValueError, match="width"):
+        ultrasound_patches(1, size=16, width=LINES + 1)
 
 
 def test_metrics_on_known_cases():
