@@ -11,8 +11,9 @@ companded RF, the hazy frame ``y = C(C^-1(x) + C^-1(h))``. Methods, all on the f
 - ``dps``: one prior (``us-tissue``), haze treated as Gaussian noise of the haze's measured standard
   deviation in the companded domain, DPS guidance on the joint sampler's schedule;
 - ``joint``: :class:`posterior.samplers.JointPosterior` with the ``us-tissue`` and ``us-haze`` priors
-  (PiGDM guidance, late start), both wrapped in :class:`posterior.priors.PatchedPrior` (32x32
-  patches, 8 pixels of overlap).
+  (PiGDM guidance, late start), each as :func:`posterior.priors.ultrasound_prior` (32x32 patches with
+  8 pixels of overlap on the frame band-limited to a quarter of its lines, lifted back to all lines).
+  Draws are clipped to [-1, 1], the range the link sees.
 
 Metrics on the posterior mean (``--draws`` per frame), against the haze-free frame: gCNR and contrast
 between the cyst and its surrounding tissue and between blood pool and myocardium (on the envelope),
