@@ -1,6 +1,7 @@
-"""Imaging operators: inpainting masks, blur by convolution and downsampling (super-resolution).
+"""Imaging operators: inpainting masks, blur by convolution, downsampling (super-resolution) and
+band-limited upsampling.
 
-All three are linear; images have shape ``(C, H, W)`` (inpainting accepts any shape) and batches
+All are linear; images have shape ``(C, H, W)`` (inpainting accepts any shape) and batches
 ``(n, C, H, W)``. Buffers are stored once and cast to the input's device and dtype at use.
 """
 
@@ -349,9 +350,10 @@ class BandlimitedUpsample(LinearOperator):
 
     ``A s = s P`` with ``P = C_m^T [C_W]_{:m}`` (``m x W``): the DCT of ``s``'s rows, their ``m``
     coefficients as the lowest ``m`` of a length-``W`` DCT, the inverse. ``A`` is an isometry
-    (``A^T A = I``) and ``A A^T`` is the orthogonal projection onto the rows whose DCT vanishes above
-    ``m``: the adjoint ``A^T`` is a band-limited downsampling by ``W / m`` that keeps the energy (the
-    values grow by ``sqrt(W / m)``). A prior on the small grid, lifted by ``A``, is a prior on
+    (``A^T A = I``), so it keeps the energy, not the values: a constant row of ones comes out as
+    ``sqrt(m / W)`` (unlike :meth:`Downsample.pinv`, which keeps values). ``A A^T`` is the orthogonal
+    projection onto the rows whose DCT vanishes above ``m``; the adjoint ``A^T`` is a band-limited
+    downsampling by ``W / m`` whose values grow by ``sqrt(W / m)``. A prior on the small grid, lifted by ``A``, is a prior on
     laterally smooth frames (see :class:`posterior.priors.SubspacePrior`).
 
     Parameters
@@ -370,10 +372,21 @@ class BandlimitedUpsample(LinearOperator):
         self.matrix = dct_matrix(m).T @ dct_matrix(int(width))[:m]  # (m, W), P P^T = I
 
     def forward(self, x: Tensor) -> Tensor:
-        return x @ self.matrix.to(x)
+        return x @ like(self.matrix, x)
 
     def adjoint(self, y: Tensor) -> Tensor:
-        return y @ self.matrix.T.to(y)
+        return y @ like(self.matrix, y).T
+
+    def svd(self) -> SVD:
+        """``s = 1``, ``U = A``, ``V = I`` on the small image (an isometry)."""
+        in_shape = self.in_shape
+        return SVD(
+            s=torch.ones(math.prod(in_shape), dtype=torch.float64),
+            u=lambda z: self.forward(z.reshape(z.shape[0], *in_shape)),
+            ut=lambda y: self.adjoint(y).reshape(y.shape[0], -1),
+            v=lambda z: z.reshape(z.shape[0], *in_shape),
+            vt=lambda x: x.reshape(x.shape[0], -1),
+        )
 
     def pinv(self, y: Tensor, **_) -> Tensor:
         """``A^+ = A^T`` (an isometry), shape ``(n, C, H, m)``."""

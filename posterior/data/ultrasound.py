@@ -345,7 +345,9 @@ def ultrasound_patches(
         if width > lines:
             raise ValueError(f"width must be <= lines = {lines}, got {width}")
     if size > min(columns, samples):
-        raise ValueError(f"size must be <= min(columns, samples) = {min(columns, samples)}, got {size}")
+        raise ValueError(
+            f"size must be <= min(width or lines, samples) = {min(columns, samples)}, got {size}"
+        )
     cfg = config or UltrasoundConfig()
     gen, dev = make_generator(seed, device)
     down = None if width is None else BandlimitedUpsample((1, samples, width), lines).adjoint

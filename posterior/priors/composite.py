@@ -179,7 +179,7 @@ class SubspacePrior(DiffusionPrior):
     prior : DiffusionPrior
         Event shape ``A.in_shape``.
     lift : operators.LinearOperator
-        The isometry ``A``; checked on random inputs (``||A s|| = ||s||``).
+        The isometry ``A``; checked in float64 on the CPU on random inputs (``A^T A s = s``).
     """
 
     def __init__(self, prior: DiffusionPrior, lift: LinearOperator):

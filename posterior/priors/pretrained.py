@@ -123,13 +123,31 @@ def ultrasound_prior(
 
     Parameters
     ----------
+    name_or_path : str or path
+        ``"us-tissue"``, ``"us-haze"``, or a weight file of their recipes (``posterior train``); its
+        metadata must say it was trained on band-limited frames (``lines_per_column`` 4).
     frame : (samples, lines)
         Depth samples and scan lines, on the training grid's spacing (512 samples over 12 cm and 256
         lines over 80 degrees; crops keep that spacing).
     overlap, max_batch : as in :class:`PatchedPrior`.
+    device, dtype : of the network.
+
+    Returns
+    -------
+    SubspacePrior
+        Event shape ``(1, samples, lines)``.
     """
-    samples, lines = (int(v) for v in frame)
     per_column = US_FRAME[1] // US_WIDTH
+    meta = info(name_or_path)
+    if meta.get("lines_per_column") != per_column or list(meta["event_shape"]) != [1, US_PATCH, US_PATCH]:
+        raise ValueError(
+            f"{name_or_path!r} is not an ultrasound prior of {US_PATCH}x{US_PATCH} patches of frames "
+            f"band-limited to {per_column} lines per column (its metadata: event_shape "
+            f"{meta['event_shape']}, lines_per_column {meta.get('lines_per_column')})"
+        )
+    if len(frame) != 2:
+        raise ValueError(f"frame must be (samples, lines), got {tuple(frame)}")
+    samples, lines = (int(v) for v in frame)
     if lines % per_column or lines < per_column * US_PATCH or samples < US_PATCH:
         raise ValueError(
             f"frame must have >= {US_PATCH} samples and a multiple of {per_column} lines >= "

@@ -142,6 +142,7 @@ class Recipe:
     classifier_levels: int = 40
     classifier_sigma_min: float = 0.01
     classifier_steps: int = 1500
+    lines_per_column: int = 1  # lateral band-limited resampling of the training frames (ultrasound: 4)
 
 
 RECIPES = {
@@ -183,6 +184,7 @@ RECIPES = {
             batch_size=32,
             sigma_data=sigma_data,
             classifier_steps=0,
+            lines_per_column=US_FRAME[1] // US_WIDTH,
         )
         for source, sigma_data in (("tissue", 0.7), ("haze", 0.45))
     },

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -40,13 +42,17 @@ def test_adjoint(name):
     assert A.T.T is A
 
 
-@pytest.mark.parametrize("name", ["inpaint-rgb", "blur-circular-odd", "blur-reflect-asym", "down-3"])
+@pytest.mark.parametrize(
+    "name", ["inpaint-rgb", "blur-circular-odd", "blur-reflect-asym", "down-3", "bandlimited"]
+)
 def test_adjoint_matrix_is_transpose(name):
     A = OPERATORS[name]()
     torch.testing.assert_close(A.T.to_matrix(), A.to_matrix().T, rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("name", ["inpaint-image", "inpaint-rgb", "inpaint-vector", "down-2", "down-3"])
+@pytest.mark.parametrize(
+    "name", ["inpaint-image", "inpaint-rgb", "inpaint-vector", "down-2", "down-3", "bandlimited"]
+)
 def test_svd_reconstructs_operator(name):
     A = OPERATORS[name]()
     svd = A.svd()
@@ -60,7 +66,8 @@ def test_svd_reconstructs_operator(name):
 
 
 @pytest.mark.parametrize(
-    "name", ["inpaint-image", "inpaint-rgb", "down-2", "down-3", "blur-circular", "blur-uniform"]
+    "name",
+    ["inpaint-image", "inpaint-rgb", "down-2", "down-3", "blur-circular", "blur-uniform", "bandlimited"],
 )
 def test_pinv(name):
     A = OPERATORS[name]()
@@ -189,6 +196,15 @@ def test_errors():
 def test_bandlimited_upsample_is_an_isometry_onto_the_low_band():
     A = BandlimitedUpsample((1, 3, 4), 16)
     torch.testing.assert_close(dct_matrix(16) @ dct_matrix(16).T, torch.eye(16, dtype=torch.float64))
+    ramp = torch.arange(16, dtype=torch.float64)  # the DCT-II of x_i = i: sum_i i cos(pi (i + 1/2) k / 16)
+    k = torch.arange(16, dtype=torch.float64)
+    direct = (ramp[None] * torch.cos(math.pi * (ramp[None] + 0.5) * k[:, None] / 16)).sum(-1)
+    scale = torch.full((16,), math.sqrt(2 / 16))
+    scale[0] = math.sqrt(1 / 16)
+    torch.testing.assert_close(dct_matrix(16) @ ramp, scale * direct)
+    torch.testing.assert_close(
+        A(torch.ones(1, 1, 3, 4, dtype=torch.float64)), torch.full((1, 1, 3, 16), 0.5, dtype=torch.float64)
+    )
     s = randn(2, 1, 3, 4)
     torch.testing.assert_close(A.adjoint(A(s)), s)  # A^T A = I
     torch.testing.assert_close(A(s).norm(), s.norm())

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from posterior.priors import Gaussian, NetworkPrior, info, noise_classifier, pretrained
+from posterior.priors import Gaussian, NetworkPrior, info, noise_classifier, pretrained, ultrasound_prior
+from posterior.priors.pretrained import WEIGHTS
 from posterior.priors.training import GAUSSIAN_FIT_SIZE, RECIPES, classifier_accuracy
 
 pytest.importorskip("sklearn")  # the digits' held-out images come from scikit-learn
@@ -126,3 +127,31 @@ def test_ultrasound_priors_beat_their_gaussian(name):
             float(err_net.mean()),
             float(err_gauss.mean()),
         )
+
+
+def test_ultrasound_prior_on_frames(tmp_path):
+    """``ultrasound_prior`` lifts the patch network to whole frames: its denoiser's output is laterally
+    band-limited (in the range of the lift), and it refuses frames off the grid and weights whose
+    metadata does not say they were trained on band-limited frames."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    prior = ultrasound_prior("us-haze", (64, 128))
+    assert prior.event_shape == (1, 64, 128)
+    x = torch.randn(2, 1, 64, 128, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        d = prior.denoise(x, 0.5)
+    assert d.shape == x.shape
+    torch.testing.assert_close(prior.lift(prior.lift.adjoint(d)), d, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        ultrasound_prior("us-haze", (64, 130))
+    with pytest.raises(ValueError, match="samples, lines"):
+        ultrasound_prior("us-haze", (64, 128, 1))
+    with pytest.raises(ValueError, match="not an ultrasound prior"):
+        ultrasound_prior("digits", (64, 128))
+    with safe_open(str(WEIGHTS / "us-haze.safetensors"), framework="pt") as f:
+        meta, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
+    del meta["lines_per_column"]  # weights of full-resolution frames carry no resampling factor
+    save_file(tensors, str(tmp_path / "old.safetensors"), metadata=meta)
+    with pytest.raises(ValueError, match="lines_per_column None"):
+        ultrasound_prior(tmp_path / "old.safetensors", (64, 128))
