@@ -353,8 +353,8 @@ class BandlimitedUpsample(LinearOperator):
     (``A^T A = I``), so it keeps the energy, not the values: a constant row of ones comes out as
     ``sqrt(m / W)`` (unlike :meth:`Downsample.pinv`, which keeps values). ``A A^T`` is the orthogonal
     projection onto the rows whose DCT vanishes above ``m``; the adjoint ``A^T`` is a band-limited
-    downsampling by ``W / m`` whose values grow by ``sqrt(W / m)``. A prior on the small grid, lifted by ``A``, is a prior on
-    laterally smooth frames (see :class:`posterior.priors.SubspacePrior`).
+    downsampling by ``W / m`` whose values grow by ``sqrt(W / m)``. A prior on the small grid, lifted
+    by ``A``, is a prior on laterally smooth frames (see :class:`posterior.priors.SubspacePrior`).
 
     Parameters
     ----------
