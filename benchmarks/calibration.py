@@ -17,12 +17,14 @@ over N seeds of the separated problem and reports how often each test rejects.
     python benchmarks/calibration.py --problem digits afdps dps reddiff --problems 100 --draws 20 --steps 50
     python benchmarks/calibration.py --false-alarm 500
 
-Prints a Markdown table and writes JSON. Never asserts.
+Prints a Markdown table and writes JSON (with the command line; ``--out``). Never asserts.
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -107,10 +109,13 @@ def main(argv: list[str] | None = None) -> list[dict] | dict:
     if unknown:
         parser.error(f"unknown sampler(s) {sorted(unknown)}; choose from {', '.join(SAMPLERS)}")
     torch.set_num_threads(args.threads)
-    out = args.out or Path(f"benchmarks/results/calibration_{args.problem}.json")
+    out = args.out or Path(
+        f"benchmarks/results/calibration_{'false_alarm' if args.false_alarm else args.problem}.json"
+    )
+    command = shlex.join(["python", "benchmarks/calibration.py", *(sys.argv[1:] if argv is None else argv)])
     if args.false_alarm:
         rates = false_alarm(args.false_alarm, args.problems)
-        write_json(out.with_name("calibration_false_alarm.json"), {"seeds": args.false_alarm, "rates": rates})
+        write_json(out, {"command": command, "seeds": args.false_alarm, "rates": rates})
         return rates
     prior, operator, noise, truths = make_problem(args.problem, args.problems)
     header = [f"{int(100 * a)}% central" for a in LEVELS] + [f"{int(100 * a)}% HPD" for a in LEVELS]
@@ -149,7 +154,7 @@ def main(argv: list[str] | None = None) -> list[dict] | dict:
             f"| {'yes' if r.calibrated else 'no'} | {row['seconds']:.0f} s |",
             flush=True,
         )
-    write_json(out, {"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows})
+    write_json(out, {"command": command, "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows})
     print(f"JSON written to {out}")
     return rows
 

@@ -17,7 +17,8 @@ so cost only) for ``--scaling-samplers``, each beside the bare network at the sa
 
     python benchmarks/cost.py --steps 30 --repeats 3
 
-Threads pinned (``--threads``, default 1). Prints tables and writes JSON. Never asserts.
+Threads pinned (``--threads``, default 1). Prints tables and writes JSON (with the command line). Never
+asserts.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import resource
+import shlex
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -206,7 +209,9 @@ def main(argv: list[str] | None = None) -> dict:
             f"{r['overhead']:>9.2f} {r['target']:>7.1f} {r['ms_per_row_step']:>12.3f} {r['peak_mb']:>8.1f}",
             flush=True,
         )
-    out = {"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows, "batches": [], "sizes": []}
+    command = shlex.join(["python", "benchmarks/cost.py", *(sys.argv[1:] if argv is None else argv)])
+    args_text = {k: str(v) for k, v in vars(args).items()}
+    out = {"command": command, "args": args_text, "rows": rows, "batches": [], "sizes": []}
     if not args.no_scaling:
         scaling = args.scaling_samplers.split(",")
         print("\ntime per step against the batch (s), overhead in brackets")

@@ -18,13 +18,17 @@ Usage::
 ``oracle`` runs the exact posterior's denoiser through the same ancestral steps: the error that the
 time discretisation alone leaves, a reference for every sampler at equal NFE.
 
-Prints a table and writes JSON (``--out``). Never asserts on time.
+Prints a table and writes JSON (``--out``) with the command line that produced it; the JSON behind
+the tables of ``docs/benchmarks.md`` lives in ``docs/results/`` (``benchmarks/render_docs.py``). Never
+asserts on time.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import shlex
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -240,7 +244,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     f"{r['mode_tv']:>8.3f} {r['mean_err']:>9.3f} {r['wall_time']:>7.2f}",
                     flush=True,
                 )
-    write_json(args.out, {"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows})
+    command = shlex.join(["python", "benchmarks/gmm.py", *(sys.argv[1:] if argv is None else argv)])
+    write_json(
+        args.out, {"command": command, "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}
+    )
     if args.markdown:
         print("\n" + markdown_table(rows))
     print(f"\n{len(rows)} runs in {time.perf_counter() - start:.0f} s; JSON written to {args.out}")

@@ -10,12 +10,14 @@ VJPs, time.
 
     python benchmarks/images.py dps reddiff --steps 100 500 --images 32 --draws 4
 
-Prints a table and writes JSON. Never asserts.
+Prints a table and writes JSON (with the command line). Never asserts.
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 from pathlib import Path
 
 import torch
@@ -66,6 +68,7 @@ def run_task(
         "task": task,
         "sampler": sampler_name,
         "steps": steps,
+        "draws": draws,
         "nfe": result.nfe,
         "grad_evals": result.grad_evals,
         "psnr_mean": psnr,
@@ -106,7 +109,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     f"{r['psnr_measurement_pinv']:>8.2f} {r['posterior_std']:>6.3f} {r['wall_time']:>7.1f}",
                     flush=True,
                 )
-    write_json(args.out, {"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows})
+    command = shlex.join(["python", "benchmarks/images.py", *(sys.argv[1:] if argv is None else argv)])
+    write_json(
+        args.out, {"command": command, "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}
+    )
     print(f"\nJSON written to {args.out}")
     return rows
 

@@ -13,6 +13,8 @@ Prints a table and writes JSON. Never asserts.
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 from pathlib import Path
 
 import torch
@@ -67,7 +69,8 @@ def main(argv: list[str] | None = None) -> dict:
     }
     for key, value in row.items():
         print(f"{key:<28} {value:.4g}" if isinstance(value, float) else f"{key:<28} {value}")
-    write_json(args.out, row)
+    command = shlex.join(["python", "benchmarks/mcmc_digits.py", *(sys.argv[1:] if argv is None else argv)])
+    write_json(args.out, {"command": command, "rows": [row]})
     print(f"JSON written to {args.out}")
     return row
 

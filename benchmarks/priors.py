@@ -8,12 +8,14 @@ training data, and the noise-level classifier's held-out accuracy.
 
     python benchmarks/priors.py [digits phantoms us-tissue us-haze] [--num-samples 256] [--steps 40] [--docs docs/figures]
 
-Prints a table and writes JSON and PNGs. Never asserts.
+Prints a table and writes JSON (with the command line) and PNGs. Never asserts.
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -117,6 +119,7 @@ def evaluate(name: str, num_samples: int, steps: int, figures: Path) -> dict:
         "gaussian_mmse": mmse,
         "classifier": classifier
         and classifier_accuracy(classifier, held_out, torch.Generator().manual_seed(1)),
+        "classifier_steps": recipe.classifier_steps,
     }
 
 
@@ -153,7 +156,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             f"noise-level classifier: exact {c['exact']:.2f}, within one level {c['within_one_level']:.2f}, "
             f"RMS log-sigma error {c['rms_log_sigma_error']:.3f}"
         )
-    write_json(args.out, rows)
+    command = shlex.join(["python", "benchmarks/priors.py", *(sys.argv[1:] if argv is None else argv)])
+    write_json(args.out, {"command": command, "rows": rows})
     print(f"\nJSON written to {args.out}; sample grids in {args.docs}")
     return rows
 

@@ -3,8 +3,8 @@
 Each ray is sampled every pixel; at each sample the image is read by bilinear interpolation. The
 interpolation weights of all samples form one sparse matrix ``R`` of shape
 ``(angles * detectors, size * size)``, built once, so the forward map is ``R x`` and the adjoint is
-exactly ``R^T y``. Memory grows like ``angles * detectors * size``; meant for ``size`` up to ~128
-(with 180 angles: about 1 s to build at size 64, 8 s and 6M non-zeros at size 128). The matrices
+exactly ``R^T y``. Memory and build time grow like ``angles * detectors * size``; meant for ``size``
+up to ~128 (with 180 angles, about 6M non-zeros at size 128). The matrices
 are cast to each input's device and dtype once and cached.
 """
 

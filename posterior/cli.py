@@ -207,28 +207,8 @@ def solve(
     path = plots.write_report(
         result, directory, truth=truth.cpu(), title=f"{result.sampler}: {directory.name}"
     )
-    summary(result, directory / "summary.csv")
+    print(result.verdict.line)
     return path
-
-
-def summary(result, path: Path) -> None:
-    """ArviZ's summary of every coordinate (weighted results: of a weighted resample) as CSV."""
-    import arviz_stats as azs
-
-    if result.log_weights is not None:  # ArviZ knows no weights: resample each run by its weights
-        index = torch.multinomial(
-            torch.softmax(result.log_weights.double(), 1).cpu(),
-            result.draws,
-            True,
-            generator=torch.Generator().manual_seed(0),
-        )
-        result = dataclasses.replace(
-            result,
-            samples=torch.stack([result.samples[c, index[c]] for c in range(result.chains)]),
-            log_weights=None,
-            sample_stats={},
-        )
-    azs.summary(result.to_arviz(), var_names=["x"]).to_csv(path)
 
 
 def _demo(args: argparse.Namespace) -> None:

@@ -30,11 +30,199 @@ from scipy import stats
 from torch import Tensor
 
 from posterior.problem import InverseProblem
-from posterior.results import PosteriorSamples
+from posterior.results import PosteriorSamples, Verdict, agreement
 
 
-class ConvergenceWarning(UserWarning):
-    """Chains that disagree (R-hat) or carry too little information (ESS)."""
+class PosteriorWarning(UserWarning):
+    """A run whose result should not be read as it is (the base of the warnings below)."""
+
+
+class ConvergenceWarning(PosteriorWarning):
+    """Chains that disagree (R-hat), carry too little information (ESS), or SMC runs whose weights
+    degenerate or whose estimates disagree beyond their standard errors."""
+
+
+class DivergenceWarning(PosteriorWarning):
+    """Draws far outside the prior's range, or an optimisation that has not settled."""
+
+
+class MeasurementWarning(PosteriorWarning):
+    """A measurement that the prior predictive cannot explain (e.g. wrong units or scale)."""
+
+
+RANGE_FACTOR = 10.0  # draws farther than this many prior scales from the prior mean have diverged
+PREDICTIVE_FACTOR = 30.0  # a measurement this many predictive spreads from the prior predictive mean
+APPROXIMATE_KINDS = {
+    "approximate": "an approximate sampler (guided, biased at any budget)",
+    "variational": "a variational fit",
+    "variational-modes": "variational modes (independent fits, not posterior draws)",
+}
+
+
+def out_of_range(x: Tensor, center: Tensor, scale: float, sigma: float | Tensor = 0.0) -> float:
+    """The largest ``|x - center|`` over draws and coordinates, in units of ``sqrt(scale^2 + sigma^2)``
+    (``sigma`` the noise level of ``x``: the largest when one per draw); :data:`RANGE_FACTOR` and above
+    is out of the prior's range."""
+    sigma = float(torch.as_tensor(sigma).max())
+    unit = math.sqrt(scale**2 + sigma**2)
+    deviation = (x.detach() - center.to(x.device, x.dtype)).abs().max()
+    return float(deviation) / unit if unit > 0 else math.inf
+
+
+def check_measurement(
+    problem: InverseProblem, prior, who: str = "sampler", warn: bool = True, stacklevel: int = 2
+) -> float:
+    """How far ``y`` lies from the prior predictive, before any sampling: ``t = RMS(y - m) / s``, with
+    ``m`` and ``s^2`` the mean and the per-element variance (averaged over elements) of ``A(x) + noise``
+    over 16 probes ``x = mean + scale z`` of :meth:`DiffusionPrior.location_scale` (fixed seed, no
+    NFE). A measurement ``t > PREDICTIVE_FACTOR`` predictive spreads away (per measurement when ``y``
+    is batched: the largest) warns with :class:`MeasurementWarning`. Returns ``t``."""
+    center, scale = prior.location_scale()
+    generator = torch.Generator().manual_seed(0)
+    y = problem.y if problem.batched else problem.y.unsqueeze(0)
+    z = torch.randn((16, *prior.event_shape), generator=generator, dtype=torch.float64)
+    probes = center + scale * z.to(dtype=center.dtype, device=center.device)
+    with torch.no_grad():
+        predicted = problem.operator(probes.to(dtype=y.dtype, device=y.device))
+        try:
+            predicted = problem.noise.sample(predicted, torch.Generator(y.device).manual_seed(1))
+        except (ValueError, RuntimeError, NotImplementedError):  # e.g. Poisson rates of negative probes
+            pass
+    mean = predicted.mean(0)
+    spread = predicted.double().var(0).mean().sqrt().clamp_min(torch.finfo(torch.float64).tiny)
+    distance = ((y - mean).double().reshape(y.shape[0], -1) ** 2).mean(1).sqrt()
+    t = float(distance.max() / spread)
+    if warn and not t <= PREDICTIVE_FACTOR:  # also NaN
+        warnings.warn(
+            f"{who}: the measurement lies {t:.3g} prior-predictive spreads from what the prior and the "
+            f"forward model predict (more than {PREDICTIVE_FACTOR:g}): check y's units and scale, the "
+            "operator and the noise model; the draws will be prior-like or meaningless",
+            MeasurementWarning,
+            stacklevel=stacklevel,
+        )
+    return t
+
+
+def check(
+    result: PosteriorSamples,
+    *,
+    prior=None,
+    shared_measurement: bool = True,
+    departure: tuple[int, float] | None = None,
+    hint: str = "lower the step size or use more steps",
+    warn: bool = True,
+    stacklevel: int = 2,
+) -> Verdict:
+    """The checks that fit the kind of sampler, and one verdict line (also set as ``result.verdict``).
+
+    - Markov chains (``kind="mcmc"``): rank-normalised R-hat and bulk/tail ESS (:func:`convergence`),
+      when 2+ chains of 4+ draws share one measurement.
+    - Weighted SMC runs: each run's final Kish ESS (fails below 10 particles or 1% of them), the spread
+      of the runs' log-evidence (fails above 1), and, for 2+ runs on one measurement, their agreement
+      (:func:`posterior.results.agreement`): fails when the chi-square test of the runs' means against
+      their own standard errors rejects at level 0.001 after Bonferroni over coordinates. No R-hat.
+    - Approximate samplers (``kind`` ``"approximate"``, ``"variational"``, ``"variational-modes"``):
+      noted in the line: their spread is not a calibrated posterior.
+    - Every sampler, given ``prior``: draws farther than :data:`RANGE_FACTOR` prior scales from the
+      prior mean (:func:`out_of_range`) have diverged; ``departure = (step, sigma)`` is where the run
+      first left the range, ``hint`` what to change.
+    - A ``trace["unsettled"]`` entry (RED-Diff's tail check) is a failure.
+
+    Failures warn (:class:`ConvergenceWarning` or :class:`DivergenceWarning`) when ``warn``,
+    ``stacklevel`` frames up.
+    """
+    from scipy.stats import chi2
+
+    name = result.sampler or "sampler"
+    failures: list[tuple[type, str]] = []
+    checks: dict = {}
+    said: list[str] = []
+    if prior is not None and not prior.location_scale()[1] > 0:
+        said.append("no range check (the prior's estimated scale is 0: an untrained network?)")
+    elif prior is not None:
+        center, scale = prior.location_scale()
+        reach = out_of_range(result.samples, center, scale)
+        checks["range"] = reach
+        if not reach < RANGE_FACTOR:
+            where = f" (the run first left the range at step {departure[0]}, sigma={departure[1]:.3g})" if departure else ""
+            failures.append(
+                (
+                    DivergenceWarning,
+                    f"draws reach {reach:.3g} prior scales (scale {scale:.3g}) from the prior mean, beyond "
+                    f"{RANGE_FACTOR:g}: the run diverged{where}; {hint}",
+                )
+            )
+    if result.kind in APPROXIMATE_KINDS:
+        said.append(f"{APPROXIMATE_KINDS[result.kind]}: its spread is not a calibrated posterior")
+    if "unsettled" in result.trace:
+        checks["unsettled"] = float(result.trace["unsettled"])
+        if checks["unsettled"] > 1:
+            failures.append(
+                (
+                    DivergenceWarning,
+                    f"the fit had not settled over its averaging tail (drift {checks['unsettled']:.2g} of "
+                    "its tolerance): use more steps",
+                )
+            )
+    if result.log_weights is not None:
+        health = weights(result)
+        ess = health["final_ess_fraction"] * result.draws
+        checks["final_ess"] = [round(float(v), 1) for v in ess]
+        degenerate = int((ess < max(10.0, 0.01 * result.draws)).sum())
+        said.append(f"{result.chains} weighted runs, final ESS {float(ess.min()):.0f}-{float(ess.max()):.0f} of {result.draws}")
+        if degenerate:
+            failures.append(
+                (
+                    ConvergenceWarning,
+                    f"{degenerate} of {result.chains} runs end with degenerate weights (ESS below 10 "
+                    "particles or 1%): use more particles",
+                )
+            )
+        if "log_evidence_std" in health and result.chains >= 2:
+            checks["log_evidence_std"] = health["log_evidence_std"]
+            if health["log_evidence_std"] > 1:
+                failures.append(
+                    (
+                        ConvergenceWarning,
+                        f"the runs' log-evidence estimates spread by {health['log_evidence_std']:.2g} "
+                        "(> 1): single runs are far from their limit, and log p(y) is unreliable; use more "
+                        "particles or steps",
+                    )
+                )
+        if result.chains >= 2 and shared_measurement:
+            a = agreement(result.run_means().double(), result.run_standard_errors().double()).reshape(-1)
+            dof = result.chains - 1
+            adjusted = np.minimum(1.0, chi2.sf(a.cpu().numpy() ** 2 * dof, dof) * a.numel())  # Bonferroni
+            checks["agreement_max"], checks["agreement_pvalue"] = float(a.max()), float(adjusted.min())
+            if adjusted.min() >= 1e-3:
+                said.append(f"the runs agree within their standard errors (largest ratio {float(a.max()):.2f})")
+            else:
+                failures.append(
+                    (
+                        ConvergenceWarning,
+                        f"the runs disagree beyond their own standard errors on {100 * (adjusted < 1e-3).mean():.0f}% "
+                        f"of coordinates (largest ratio {float(a.max()):.3g}): each run's error is larger than "
+                        "it reports (resampled particles share ancestors, or runs settle in different modes); "
+                        "pool more runs, and read mcse_mean of PosteriorSamples.summary(), which uses their spread",
+                    )
+                )
+    elif result.kind == "mcmc":
+        if result.chains >= 2 and result.draws >= 4 and shared_measurement:
+            report = convergence(result, warn=False)
+            checks["rhat_max"], checks["ess_bulk_min"] = report.rhat_max, report.ess_bulk_min
+            said.append(f"R-hat max {report.rhat_max:.3f}, bulk ESS min {report.ess_bulk_min:.0f}")
+            failures += [(ConvergenceWarning, p) for p in report.problems]
+        else:
+            said.append("R-hat needs 2+ chains of 4+ draws on one measurement")
+    problems = [message for _, message in failures]
+    status = "OK" if not problems else f"{len(problems)} check{'s' * (len(problems) > 1)} failed"
+    line = f"{name}: {status}; " + "; ".join(part for part in said if part)
+    verdict = Verdict(ok=not problems, line=line.rstrip("; "), problems=problems, checks=checks)
+    if warn:
+        for category, message in failures:
+            warnings.warn(f"{name}: {message}", category, stacklevel=stacklevel)
+    result.verdict = verdict
+    return verdict
 
 
 @dataclass

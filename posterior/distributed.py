@@ -173,6 +173,7 @@ def split_chains(result: PosteriorSamples, parts: int) -> list[PosteriorSamples]
             sampler=result.sampler,
             config=result.config,
             kind=result.kind,
+            verdict=result.verdict,
         )
         for i in range(parts)
     ]

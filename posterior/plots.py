@@ -186,7 +186,8 @@ def write_report(
 ) -> Path:
     """Save ``result`` and every figure that applies to it in ``directory``, with a Markdown page.
 
-    Writes ``samples.safetensors`` (:meth:`PosteriorSamples.save`), ``draws.png`` and ``summary.png``,
+    Writes ``samples.safetensors`` (:meth:`PosteriorSamples.save`), ``summary.csv``
+    (:meth:`PosteriorSamples.summary` at level 0.9), ``draws.png`` and ``summary.png``,
     ``convergence.png`` for Markov chains (``kind="mcmc"``, 2+ chains of 4+ draws), ``smc_ess.png`` for SMC results,
     ``ranks.png`` and ``coverage.png`` given a :class:`~posterior.diagnostics.CalibrationReport`, and
     ``report.md`` tying them together. Returns the path of ``report.md``.
@@ -194,6 +195,8 @@ def write_report(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     result.save(directory / "samples.safetensors")
+    result.summary(level=0.9).to_csv(directory / "summary.csv")
+    weighted = result.log_weights is not None
     lines = [
         f"# {title or (result.sampler or 'Posterior') + ' run report'}",
         "",
@@ -201,8 +204,17 @@ def write_report(
         f"shape {tuple(result.event_shape)}",
         f"- cost: {result.nfe} network evaluations and {result.grad_evals} VJPs per draw, {result.wall_time:.1f} s",
         "- saved result: `samples.safetensors` (`posterior.PosteriorSamples.load`)",
+        "- per-coordinate table: `summary.csv` (mean, sd, central 90% interval, "
+        + (
+            "Monte-Carlo standard error from the independent runs and the runs' agreement: "
+            "`PosteriorSamples.summary`)"
+            if weighted
+            else "ESS, R-hat and MCSE: ArviZ's summary)"
+        ),
         "",
     ]
+    if result.verdict is not None:
+        lines += ["## Verdict", "", "```", str(result.verdict), "```", ""]
     figures = {"draws": sample_grid(result), "summary": summary_maps(result, truth)}
     if result.kind == "mcmc" and result.chains >= 2 and result.draws >= 4:
         with warnings.catch_warnings():

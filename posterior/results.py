@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import json
 import os
 from dataclasses import dataclass, field
@@ -11,6 +13,31 @@ import torch
 from torch import Tensor
 
 from posterior.utils import atomic_write
+
+
+@dataclass
+class Verdict:
+    """The outcome of a run's checks (:func:`posterior.diagnostics.check`).
+
+    Attributes
+    ----------
+    ok : bool
+        No check failed.
+    line : str
+        One line for people: the sampler, what was checked and what failed.
+    problems : list of str
+        Each failed check, with what to change.
+    checks : dict
+        The measured quantities behind the checks (numbers and short lists).
+    """
+
+    ok: bool
+    line: str
+    problems: list = field(default_factory=list)
+    checks: dict = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return "\n".join([self.line] + [f"  - {p}" for p in self.problems])
 
 
 @dataclass
@@ -36,8 +63,11 @@ class PosteriorSamples:
     sampler : str
         Name of the sampler, with ``config`` its hyperparameters.
     kind : str
-        What the draws are: ``"samples"`` (exact in the limit), ``"mcmc"`` (correlated draws),
-        ``"variational"`` or ``"variational-modes"``.
+        What the draws are: ``"samples"`` (exact in the limit: SMC particles, exact draws),
+        ``"mcmc"`` (correlated draws of Markov chains), ``"approximate"`` (guided samplers such as DPS,
+        biased at any budget), ``"variational"`` or ``"variational-modes"``.
+    verdict : Verdict, optional
+        What the checks of :func:`posterior.diagnostics.check` found when the run ended.
     """
 
     samples: Tensor
@@ -50,6 +80,7 @@ class PosteriorSamples:
     sampler: str = ""
     config: dict = field(default_factory=dict)
     kind: str = "samples"
+    verdict: Verdict | None = None
 
     def __post_init__(self):
         if not isinstance(self.samples, Tensor) or self.samples.dim() < 3:
@@ -129,11 +160,111 @@ class PosteriorSamples:
         out = out.reshape(-1, *self.event_shape)
         return out[0] if q_t.dim() == 0 else out
 
+    def interval(self, level: float = 0.9) -> tuple[Tensor, Tensor]:
+        """Central credible interval per coordinate: the weighted quantiles at ``(1 -+ level) / 2``.
+
+        Returns
+        -------
+        lower, upper : Tensor, shape event_shape
+        """
+        if not 0 < level < 1:
+            raise ValueError(f"level must lie in (0, 1), got {level}")
+        bounds = self.quantile(torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64))
+        return bounds[0], bounds[1]
+
+    def run_means(self) -> Tensor:
+        """Each chain's (run's) mean, weighted within the run: shape ``(chains, *event_shape)``."""
+        return torch.einsum("cn,cn...->c...", self._run_weights(), self.samples)
+
+    def run_standard_errors(self) -> Tensor:
+        """Each run's own Monte-Carlo standard error of its mean, shape ``(chains, *event_shape)``:
+        ``sqrt(sum_i W_i^2 (x_i - m)^2)`` for weighted particles (the self-normalised importance
+        sampling estimate, blind to the particles' shared ancestry) and ``sd / sqrt(draws)`` for
+        equally weighted independent draws (blind to autocorrelation: not for Markov chains)."""
+        W = self._run_weights()
+        centred = self.samples - self.run_means()[:, None]
+        return torch.einsum("cn,cn...->c...", W**2, centred**2).sqrt()
+
+    def _run_weights(self) -> Tensor:
+        """Normalised weights within each run, shape ``(chains, draws)``."""
+        if self.log_weights is None:
+            return torch.full(self.samples.shape[:2], 1.0 / self.draws, dtype=self.samples.dtype,
+                              device=self.samples.device)
+        return torch.softmax(self.log_weights.to(torch.float64), dim=1).to(self.samples.dtype)
+
+    def summary(self, level: float = 0.9):
+        """A per-coordinate table (a ``pandas.DataFrame``, one row per coordinate).
+
+        Weighted (SMC) results: ``mean``, ``sd``, the central ``level`` interval (``lower``, ``upper``),
+        ``mcse_mean`` (``sqrt(v / chains)``, ``v`` the larger of the variance of the runs' means
+        and the mean of their squared own standard errors: neither a few runs' spread nor the
+        importance-sampling formula alone is trusted), ``ess_mean = sd^2 / mcse_mean^2`` and, for two runs or more, ``agreement``:
+        ``sqrt(sum_r (m_r - mean)^2 / se_r^2 / (chains - 1))``, about 1 when the runs agree within
+        their own standard errors and larger when they do not (no Markov-chain R-hat: the runs are
+        independent weighted ensembles). Equally weighted draws: ArviZ's summary of :meth:`to_arviz`
+        with the same interval (rank-normalised R-hat and ESS, meaningful for Markov chains).
+        """
+        import pandas as pd
+
+        if self.log_weights is None:
+            import arviz_stats as azs
+
+            table = azs.summary(self.to_arviz(), var_names=["x"], ci_prob=level)
+            return table
+        lower, upper = self.interval(level)
+        sd = self.std().double()
+        means, se = self.run_means().double(), self.run_standard_errors().double()
+        columns = {"mean": self.mean(), "sd": sd, "lower": lower, "upper": upper}
+        variance = (se**2).mean(0)
+        if self.chains >= 2:
+            variance = torch.maximum(variance, means.var(0))
+            columns["agreement"] = agreement(means, se)
+        mcse = (variance / self.chains).sqrt()
+        columns["mcse_mean"] = mcse
+        columns["ess_mean"] = sd**2 / mcse.clamp_min(torch.finfo(torch.float64).tiny) ** 2
+        names = [f"x[{', '.join(str(int(i)) for i in idx)}]" for idx in _indices(self.event_shape)]
+        return pd.DataFrame(
+            {k: v.detach().double().cpu().reshape(-1).numpy() for k, v in columns.items()}, index=names
+        )
+
     # -- ArviZ ----------------------------------------------------------------------------------
+    def resampled(self, seed: int = 0) -> PosteriorSamples:
+        """Equally weighted draws: each weighted run resampled to ``draws`` particles by systematic
+        resampling (one uniform per run from ``seed``; each particle kept ``N W_i`` times, rounded up
+        or down), per-draw statistics carried along. Unweighted results are returned as they are."""
+        if self.log_weights is None:
+            return self
+        from posterior.samplers.smc import resample_indices
+
+        generator = torch.Generator(self.log_weights.device).manual_seed(seed)
+        index = resample_indices(self.log_weights, "systematic", generator)
+
+        def pick(t: Tensor) -> Tensor:
+            return torch.gather(t, 1, index.reshape(*index.shape, *[1] * (t.dim() - 2)).expand_as(t))
+
+        return PosteriorSamples(
+            samples=pick(self.samples),
+            nfe=self.nfe,
+            grad_evals=self.grad_evals,
+            wall_time=self.wall_time,
+            trace=self.trace,
+            sample_stats={k: pick(v) for k, v in self.sample_stats.items()},
+            sampler=self.sampler,
+            config=self.config,
+            kind=self.kind,
+            verdict=self.verdict,
+        )
+
     def to_arviz(self, dims: list[str] | None = None):
         """ArviZ's container: an ``xarray.DataTree`` with groups ``posterior`` (variable ``x``) and
-        ``sample_stats`` (the per-draw statistics, and ``log_weight`` when weighted), cost figures
-        in the attributes.
+        ``sample_stats`` (the per-draw statistics), cost figures in the attributes.
+
+        Every ArviZ function treats draws as equally weighted, so for a weighted (SMC) result
+        ``posterior`` holds :meth:`resampled` draws (each run resampled systematically by its
+        weights): summaries, plots and CSVs of it are right without knowing about weights. The
+        weighted particles themselves are in the group ``particles`` (``x`` and ``log_weight``).
+        The chains of an SMC result are independent runs, not Markov chains: judge them with
+        :func:`posterior.diagnostics.check`, not with R-hat.
 
         Parameters
         ----------
@@ -151,12 +282,16 @@ class PosteriorSamples:
             raise ValueError(
                 f"dims has {len(dims)} names, expected {len(self.event_shape)} for {self.event_shape}"
             )
-        groups = {"posterior": {"x": self.samples.detach().cpu().numpy()}}
-        stats = {k: v.detach().cpu().numpy() for k, v in self.sample_stats.items()}
+
+        def numpy(t: Tensor):
+            return t.detach().cpu().numpy()
+
+        draws = self.resampled()
+        groups = {"posterior": {"x": numpy(draws.samples)}}
+        if draws.sample_stats:
+            groups["sample_stats"] = {k: numpy(v) for k, v in draws.sample_stats.items()}
         if self.log_weights is not None:
-            stats["log_weight"] = self.log_weights.detach().cpu().numpy()
-        if stats:
-            groups["sample_stats"] = stats
+            groups["particles"] = {"x": numpy(self.samples), "log_weight": numpy(self.log_weights)}
         tree = azb.from_dict(groups, dims={"x": list(dims)})
         tree.attrs.update(
             sampler=self.sampler,
@@ -164,7 +299,12 @@ class PosteriorSamples:
             nfe=self.nfe,
             grad_evals=self.grad_evals,
             wall_time=self.wall_time,
+            draws="resampled from weighted particles (systematic, seed 0)"
+            if self.log_weights is not None
+            else "as sampled",
         )
+        if self.verdict is not None:
+            tree.attrs["verdict"] = self.verdict.line
         return tree
 
     # -- persistence ----------------------------------------------------------------------------
@@ -192,6 +332,7 @@ class PosteriorSamples:
                     "sampler": self.sampler,
                     "config": self.config,
                     "kind": self.kind,
+                    "verdict": dataclasses.asdict(self.verdict) if self.verdict is not None else None,
                 },
                 default=str,
             ),
@@ -209,6 +350,8 @@ class PosteriorSamples:
                 raise ValueError(f"{path} is not a file written by PosteriorSamples.save")
             tensors = {k: f.get_tensor(k) for k in f.keys()}
         info = json.loads(meta["info"])
+        if info.get("verdict") is not None:
+            info["verdict"] = Verdict(**info["verdict"])
         trace = {k.removeprefix("trace."): v for k, v in tensors.items() if k.startswith("trace.")}
         stats = {k.removeprefix("stats."): v for k, v in tensors.items() if k.startswith("stats.")}
         return cls(
@@ -224,3 +367,22 @@ class PosteriorSamples:
             f"PosteriorSamples({self.sampler or 'unknown'}: {self.chains} chains x {self.draws} draws of "
             f"{self.event_shape}, kind={self.kind}, nfe={self.nfe}, wall_time={self.wall_time:.2f}s)"
         )
+
+
+def agreement(means: Tensor, standard_errors: Tensor) -> Tensor:
+    """Between-run agreement per coordinate: ``sqrt(sum_r (m_r - mbar)^2 / se_r^2 / (R - 1))`` for the
+    runs' means ``m_r`` and standard errors ``se_r`` (shape ``(R, ...)``, ``mbar`` their plain mean).
+
+    For runs whose standard errors are right, ``(R - 1) agreement^2`` is about chi-square with
+    ``R - 1`` degrees of freedom, so ``agreement`` is near 1; runs that disagree beyond what their own
+    standard errors allow give larger values. A coordinate whose runs all have zero spread is 1.
+    """
+    centred = means - means.mean(0)
+    ratio = centred**2 / standard_errors.clamp_min(torch.finfo(means.dtype).tiny) ** 2
+    value = (ratio.sum(0) / (means.shape[0] - 1)).sqrt()
+    constant = (centred == 0).all(0) & (standard_errors == 0).all(0)
+    return torch.where(constant, torch.ones_like(value), value)
+
+
+def _indices(shape: tuple[int, ...]):
+    return itertools.product(*(range(n) for n in shape))

@@ -406,6 +406,18 @@ class GaussianMixture(DiffusionPrior):
         """Mixture mean ``sum_i w_i m_i``, shape event_shape."""
         return (self.weights @ self._means).reshape(self.event_shape)
 
+    def smallest_std(self) -> float:
+        """The smallest standard deviation of any component along any direction (``sqrt`` of the
+        smallest eigenvalue of the component covariances)."""
+        return math.sqrt(max(float(self._eigh()[1].min()), 0.0))
+
+    def location_scale(self) -> tuple[Tensor, float]:
+        """The mixture mean and ``sqrt(tr Cov / d)``, exactly (see :meth:`DiffusionPrior.location_scale`)."""
+        w = self.weights.to(torch.float64)
+        means = self._means.to(torch.float64)
+        spread = ((means - w @ means) ** 2).sum(1) + self._trace().to(torch.float64)
+        return self.mean(), math.sqrt(float(w @ spread) / self.dim)
+
     def covariance(self) -> Tensor:
         """Mixture covariance ``sum_i w_i [Sigma_i + (m_i - mu)(m_i - mu)^T]``, shape (d, d)."""
         w = self.weights

@@ -60,10 +60,16 @@ def heun_step(
     """One step of Heun's method on the probability-flow ODE ``dx/dsigma = (x - D(x, sigma)) / sigma``.
 
     Karras et al. 2022, Algorithm 1; falls back to Euler when ``sigma_next == 0``. 2 NFE (1 at the end).
+    ``sigma`` and ``sigma_next`` are numbers or one per row of ``x`` (shape ``(n,)``).
     """
-    d = (x - denoise(x, sigma)) / sigma
-    x_euler = x + (sigma_next - sigma) * d
-    if float(sigma_next) == 0:
+
+    def rows(s):
+        s = torch.as_tensor(s, dtype=x.dtype, device=x.device)
+        return s.reshape(-1, *[1] * (x.dim() - 1)) if s.dim() else s
+
+    d = (x - denoise(x, sigma)) / rows(sigma)
+    x_euler = x + (rows(sigma_next) - rows(sigma)) * d
+    if bool((torch.as_tensor(sigma_next) == 0).all()):
         return x_euler
-    d_next = (x_euler - denoise(x_euler, sigma_next)) / sigma_next
-    return x + (sigma_next - sigma) * 0.5 * (d + d_next)
+    d_next = (x_euler - denoise(x_euler, sigma_next)) / rows(sigma_next)
+    return x + (rows(sigma_next) - rows(sigma)) * 0.5 * (d + d_next)

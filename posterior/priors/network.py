@@ -32,7 +32,8 @@ class NetworkPrior(DiffusionPrior):
       fitted to the data (a :class:`~posterior.priors.unet.GaussianResidualUNet`), damped where the
       noise dominates: ``x0 = D_G(x) + c_out sd^2 / (sigma^2 + sd^2) F``. At large ``sigma`` every
       good denoiser is close to linear; there the network only adds a small correction, so it cannot
-      fall behind the Gaussian by more than that correction (plain EDM networks trailed it by 1-7%).
+      fall behind the Gaussian by more than that correction (plain EDM networks trailed it there;
+      ``docs/priors.md``).
 
     Gradients flow through the network (samplers such as DPS need them); wrap calls in
     ``torch.no_grad()`` where they do not.

@@ -3,29 +3,27 @@
 ``digits``
     16x16 handwritten digits in [0, 1]: scikit-learn's digits (1500 images of a fixed split; 297 held
     out) upsampled bilinearly from 8x8, random shifts of up to 1 pixel. A Gaussian-residual UNet
-    (widths (32, 64, 64), 925,793 parameters), 3000 steps x batch 64 (``posterior train digits``,
-    38 min on one CPU thread beside other jobs). Held-out denoising MSE 0.00097 at sigma 0.1 against 0.00227 for a
-    fitted Gaussian; noise-level classifier within one level for 90% of held-out images.
+    (widths (32, 64, 64), 925,793 parameters), 3000 steps x batch 64 (``posterior train digits``, one
+    CPU thread), with a noise-level classifier.
 ``phantoms``
     32x32 CT-style ellipse phantoms in [0, 1] (:func:`posterior.data.phantoms`, fresh each step).
     Gaussian-residual UNet (widths (16, 32, 64, 64), 951,025 parameters), 4000 steps x batch 32
-    (``posterior train phantoms``, 41 min). Held-out MSE 0.00116 at sigma 0.1 against 0.00188;
-    classifier 91% within one level.
+    (``posterior train phantoms``), with a noise-level classifier.
 
 ``us-tissue``, ``us-haze``
     32x32 patches of mu-law companded RF (tissue echoes; multipath haze) from simulated 256-line x
     512-sample echocardiography frames band-limited resampled to 64 columns, so a patch spans 128 lines
     (:func:`posterior.data.ultrasound_patches` with ``width=64``, a pool of 16,384 patches, random
     left-right and sign flips). Gaussian-residual UNets (widths (16, 32, 64, 64), 951,025
-    parameters), 2500 steps x batch 32 (``posterior train us-tissue``, 10-11 min each, the two side
-    by side on one thread each). Held-out MSE at sigma 0.1: 0.0043 against 0.0079 for a fitted
-    Gaussian (tissue), 0.0016 against 0.0028 (haze). No noise-level classifier. Use them on frames
+    parameters), 2500 steps x batch 32 (``posterior train us-tissue``, one thread each). No
+    noise-level classifier. Use them on frames
     through :func:`ultrasound_prior`; they are the two priors of ultrasound dehazing
     (``docs/dehazing.md``).
 
 All four learn the residual of the exact denoiser of a Gaussian fitted to their training data
 (``"edm-gaussian"``), so they beat it where a denoiser can (sigma <= 1) and tie it where every good
-denoiser is close to linear (sigma >= 3); see ``docs/priors.md`` for every figure.
+denoiser is close to linear (sigma >= 3); see ``docs/priors.md`` for the measured figures (denoising
+MSE, sample distances, classifier accuracy, training times).
 The metadata of each file (:func:`info`) holds its recipe, parameter count and training command;
 :mod:`posterior.priors.training` retrains them.
 """

@@ -15,7 +15,7 @@ keeps the method's principle (exact weights, no approximation of ``p(y | x_sigma
   and equals ``p(y | x)`` at ``sigma = 0`` (``twist=``; see :mod:`posterior.samplers.twists`);
 - the prior's ancestral kernel ``N(m, v)`` (``kernel="ancestral"``), or the probability-flow ODE's
   Euler step (``kernel="ode"``, the paper's ``V = 0`` variant: deterministic particles, diversity only
-  from resampling; measured 27-38x the floor, not recommended);
+  from resampling; not recommended);
 - the guided proposal ``x' = m + v grad log psi_sigma(x) + sqrt(v) xi`` with the discrete-time weight
   ``log N(x'; m, v) - log N(x'; m + v g, v) + log psi_{sigma'}(x') - log psi_sigma(x)``, exact for any
   step size: no Laplacian, no Hutchinson estimate; for the ``noisy`` twist the locally optimal
@@ -27,10 +27,8 @@ Output: weighted particles of ``chains`` independent runs, or an unweighted set 
 ``trace["log_evidence"][-1]`` estimates ``log p(y)``. Cost per particle-step: 1 NFE, no backprop
 through the network (``tweedie``: plus ``r`` vector-Jacobian products, ``r`` the rank of ``A``).
 
-Measured (``benchmarks/gmm.py``, 100 steps, ``docs/benchmarks.md``): on separated 25-mode mixtures
-in d = 8 and 64, 4 runs x 4096 particles reach 0.8x and 1.3x the sliced-Wasserstein floor (mode TV
-0.04, 0.02), falling from 2.5-2.8x at 16 particles; 1.5-1.7x on overlapping modes at any split of a
-2048-particle budget. Cost on the digits prior: 1.04x the bare network time at equal NFE.
+Accuracy against exact posteriors, as the particles grow and at a fixed budget, and cost:
+``docs/benchmarks.md`` (``benchmarks/gmm.py``, ``benchmarks/cost.py``).
 """
 
 from __future__ import annotations

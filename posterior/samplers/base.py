@@ -10,6 +10,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from posterior import diagnostics
 from posterior.priors.base import DiffusionPrior
 from posterior.problem import InverseProblem
 from posterior.results import PosteriorSamples
@@ -155,6 +156,7 @@ class Sampler:
 
     kind = "samples"
     shardable = False  # particle samplers can split one run's particles across processes
+    divergence_hint = "lower the step size or use more steps"  # what to change when draws diverge
 
     def sample(
         self,
@@ -233,6 +235,7 @@ class Sampler:
                 f"prior is on device {prior.device} but y is on {problem.y.device}; use one device"
             )
         n = chains * num_samples
+        shared_measurement = not problem.batched
         if problem.batched and problem.y.shape[0] not in (chains, n):
             raise ValueError(
                 f"y holds {problem.y.shape[0]} measurements; expected one per chain ({chains}) "
@@ -244,6 +247,7 @@ class Sampler:
             )
         if group is not None and not self.shardable:
             raise ValueError(f"{type(self).__name__} cannot split a run across processes (group=)")
+        diagnostics.check_measurement(problem, prior, type(self).__name__, stacklevel=3)
         generator, _ = make_generator(seed, problem.y.device)
         counted = CountingPrior(prior, max_batch)
         counted.loop = loop = Loop(
@@ -258,6 +262,8 @@ class Sampler:
             resume=resume,
             group=group,
         )
+        if prior.location_scale()[1] > 0:
+            loop.bounds = prior.location_scale()
         start = time.perf_counter()
         try:
             x, trace = self.run(problem, counted, chains, num_samples, generator, loop)
@@ -267,7 +273,7 @@ class Sampler:
         log_weights = trace.pop("log_weights", None)
         with torch.no_grad():
             log_likelihood = problem.log_likelihood(x.detach())
-        return PosteriorSamples(
+        result = PosteriorSamples(
             samples=x.detach().reshape(chains, num_samples, *prior.event_shape),
             log_weights=log_weights,
             sample_stats={"log_likelihood": log_likelihood.reshape(chains, num_samples)},
@@ -279,6 +285,15 @@ class Sampler:
             config=dataclasses.asdict(self),
             kind=self.kind,
         )
+        diagnostics.check(
+            result,
+            prior=prior,
+            shared_measurement=shared_measurement,
+            departure=loop.departure,
+            hint=self.divergence_hint,
+            stacklevel=3,
+        )
+        return result
 
     def run(self, problem, prior, chains, num_samples, generator, loop):
         raise NotImplementedError

@@ -1,8 +1,7 @@
 """Denoising Langevin Gibbs: MCMC chains in (x, sigma) whose states are turned into posterior draws.
 
 Kim & Ye, "Denoising MCMC for Accelerating Diffusion-Based Generative Models", ICML 2023,
-arXiv:2209.14593; extended here to a posterior as verified in ``../shared/algorithms/mcmc_verified.md``
-section 1.
+arXiv:2209.14593; extended here to a posterior (``docs/mcmc.md``).
 
 Each chain targets ``pi(x, sigma | y) ∝ p(sigma) p_sigma(x) p_sigma(y | x)`` over a grid of noise
 levels (``p(sigma)`` uniform over the grid, i.e. log-uniform in ``sigma``; ``p_sigma(y | x)`` the
@@ -10,12 +9,19 @@ levels (``p(sigma)`` uniform over the grid, i.e. log-uniform in ``sigma``; ``p_s
 
 1. ``x`` given ``sigma``: a Levenberg-Marquardt-Langevin step (preconditioned by the likelihood's
    Gauss-Newton factor: within a mode the likelihood is stiff, and plain Langevin crawls);
-2. ``sigma`` given ``x``: a *draw* (not the argmax) from
-   ``P(sigma_g | x, y) ∝ p(sigma_g) p_{sigma_g}(x) p_{sigma_g}(y | x)`` with every normalising term.
-   ``p_sigma(x)`` is exact for analytic priors (``sigma_posterior="exact"``), the bundled noise-level
-   classifier's ``q(g | x)`` (trained on a uniform grid index, so it is ``p_sigma(x)`` up to a constant in
-   ``g``; ``"classifier"``), or the classifier-free residual estimate ``log N(x; D(x, sigma), sigma^2 I)``
-   (``"residual"``; one NFE per grid level).
+2. ``sigma`` given ``x``, by one of:
+
+   - ``"exact"`` or ``"classifier"``: a *draw* (not the argmax) from
+     ``P(sigma_g | x, y) ∝ p(sigma_g) p_{sigma_g}(x) p_{sigma_g}(y | x)`` with every normalising term,
+     ``p_sigma(x)`` exact for analytic priors or the bundled noise-level classifier's ``q(g | x)``
+     (trained on a uniform grid index, so it is ``p_sigma(x)`` up to a constant in ``g``);
+   - ``"flow"`` (any prior, only a denoiser needed): a Metropolis move to a neighbouring level
+     ``g' = g +- 1`` that carries ``x`` along the prior's probability-flow ODE (Heun steps that
+     change sigma by at most ``FLOW_RATIO``: one, 2 NFE, on the default grid). The flow maps ``p_sigma`` onto ``p_sigma'``, so ``p_sigma'(x') |dx'/dx| = p_sigma(x)``
+     and the prior and the Jacobian cancel from the acceptance ratio, which is just
+     ``p_sigma'(y | x') / p_sigma(y | x)``: exact as the ODE step shrinks, with no density of the
+     network needed. It moves one level per iteration (a random walk over the grid), slower than a
+     draw from the full conditional.
 
 Every ``thin`` iterations after ``burn_in``, each chain's current state is mapped to a draw: the
 posterior probability-flow ODE (Karras Heun, ``ode_steps``) from its ``sigma`` down to the lowest
@@ -23,10 +29,9 @@ level, then a posterior Tweedie step. Chains start from a guided reverse integra
 steps with the posterior score) from the prior's ``sigma_max`` to the lowest level and persist across
 draws, so the result's chains are Markov chains: ESS and R-hat (``to_arviz``) are meaningful.
 
-Output: MCMC draws (correlated within a chain). Measured on exact posteriors (verified notes): even
-with the exact score and the exact sigma-conditional, chains did not switch modes in a few hundred
-iterations at d = 8 (the sigma walk is slow); do not expect mode switching. Cost per iteration:
-1 NFE (``residual``: plus one per grid level), per draw ``2 ode_steps + 1`` NFE.
+Output: MCMC draws (correlated within a chain). Even with the exact score and the exact
+sigma-conditional, chains do not switch between well-separated modes at practical budgets (see
+``docs/mcmc.md``). Cost per iteration: 1 NFE (``"flow"``: plus 2), per draw ``2 ode_steps + 1`` NFE.
 """
 
 from __future__ import annotations
@@ -37,13 +42,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from posterior.priors.integrators import ancestral_step, sigma_grid
+from posterior.priors.integrators import ancestral_step, heun_step, sigma_grid
 from posterior.problem import InverseProblem
 from posterior.samplers.base import Sampler, one_y_per_chain
-from posterior.samplers.lml import LikelihoodSurrogate, lml_step, per_sample
+from posterior.samplers.lml import LikelihoodSurrogate, damping_scale, lml_step, per_sample
 from posterior.utils import randn
 
-SIGMA_POSTERIORS = ("auto", "exact", "classifier", "residual")
+SIGMA_POSTERIORS = ("auto", "exact", "classifier", "flow")
+FLOW_RATIO = 1.25  # the largest change of sigma in one Heun step of the "flow" move
 
 
 @dataclass
@@ -58,7 +64,7 @@ class DenoisingLangevinGibbs(Sampler):
         Lowest and highest grid levels.
     sigma_posterior : str
         ``"auto"`` (``"exact"`` for priors with ``log_prob``, else ``"classifier"`` when one is given,
-        else ``"residual"``), ``"exact"``, ``"classifier"`` or ``"residual"``.
+        else ``"flow"``), ``"exact"``, ``"classifier"`` or ``"flow"`` (see the module docstring).
     classifier : NoiseLevelClassifier, optional
         For ``"classifier"`` (e.g. ``posterior.priors.noise_classifier("digits")``).
     burn_in, thin : int
@@ -79,7 +85,7 @@ class DenoisingLangevinGibbs(Sampler):
     burn_in: int = 100
     thin: int = 5
     step_size: float = 0.2
-    prior_std: float = 1.0
+    prior_std: float | None = None
     gamma: float = 1.0
     init_steps: int = 50
     ode_steps: int = 10
@@ -90,6 +96,8 @@ class DenoisingLangevinGibbs(Sampler):
         if self.sigma_posterior not in SIGMA_POSTERIORS:
             raise ValueError(
                 f"sigma_posterior must be one of {SIGMA_POSTERIORS}, got {self.sigma_posterior!r}"
+                + (" ('residual' targeted N(x; D(x, sigma), sigma^2 I), not p_sigma(x); use 'flow')"
+                   if self.sigma_posterior == "residual" else "")
             )
         if self.sigma_posterior == "classifier" and self.classifier is None:
             raise ValueError("sigma_posterior='classifier' needs classifier=noise_classifier(...)")
@@ -98,6 +106,8 @@ class DenoisingLangevinGibbs(Sampler):
         for name in ("levels", "thin", "init_steps", "ode_steps"):
             if getattr(self, name) < (2 if name == "levels" else 1):
                 raise ValueError(f"{name} is too small: {getattr(self, name)}")
+        if self.prior_std is not None and not self.prior_std >= 0:
+            raise ValueError(f"prior_std must be >= 0 or None, got {self.prior_std}")
         if self.burn_in < 0 or not self.step_size > 0:
             raise ValueError("burn_in must be >= 0 and step_size > 0")
 
@@ -106,7 +116,7 @@ class DenoisingLangevinGibbs(Sampler):
             return self.sigma_posterior
         if hasattr(prior, "log_prob"):
             return "exact"
-        return "classifier" if self.classifier is not None else "residual"
+        return "classifier" if self.classifier is not None else "flow"
 
     def grid(self, prior, dtype, device) -> Tensor:
         """The sigma levels, ascending, shape ``(G,)``."""
@@ -117,23 +127,44 @@ class DenoisingLangevinGibbs(Sampler):
         )
 
     def sigma_logits(self, problem, prior, surrogate, x: Tensor, grid: Tensor) -> Tensor:
-        """``log P(sigma_g | x, y)`` up to a constant per chain, shape ``(n, G)`` (uniform ``p(sigma_g)``)."""
+        """``log P(sigma_g | x, y)`` up to a constant per chain, shape ``(n, G)`` (uniform ``p(sigma_g)``;
+        modes ``"exact"`` and ``"classifier"``)."""
         n, G = x.shape[0], grid.numel()
         repeated = x.repeat_interleave(G, 0)
-        levels = grid.repeat(n)
-        log_lik = surrogate.log_density(problem, repeated, levels).reshape(n, G)
-        mode = self.mode(prior)
-        if mode == "exact":
-            log_px = prior.log_prob(repeated, levels).reshape(n, G)
-        elif mode == "classifier":
-            log_px = self.classifier.log_probs(x.to(self.classifier.sigmas.dtype)).to(x.dtype)
+        log_lik = surrogate.log_density(problem, repeated, grid.repeat(n)).reshape(n, G)
+        if self.mode(prior) == "exact":
+            log_px = prior.log_prob(repeated, grid.repeat(n)).reshape(n, G)
         else:
-            with torch.no_grad():
-                denoised = torch.cat([prior.denoise(x, s) for s in grid], 0)  # level-major
-            resid = (x.repeat(G, *[1] * (x.dim() - 1)) - denoised).reshape(G, n, -1)
-            d = resid.shape[-1]
-            log_px = (-0.5 * (resid**2).sum(-1) / grid[:, None] ** 2 - d * torch.log(grid)[:, None]).T
+            log_px = self.classifier.log_probs(x.to(self.classifier.sigmas.dtype)).to(x.dtype)
         return log_px + log_lik
+
+    def flow_move(self, problem, prior, surrogate, x: Tensor, index: Tensor, grid: Tensor, generator):
+        """The ``"flow"`` move: propose ``g' = g +- 1`` (probability 1/2 each; off the grid is
+        rejected), carry ``x`` to ``sigma_g'`` along the prior's probability-flow ODE (Heun steps,
+        geometric in sigma, each changing it by at most ``FLOW_RATIO``: one step on the default grid,
+        2 NFE each), accept with probability ``min(1, p_sigma'(y | x') / p_sigma(y | x))``. Returns ``(x, index,
+        accepted)`` with ``accepted`` of shape ``(n,)``."""
+        n = x.shape[0]
+        up = torch.rand(n, generator=generator, dtype=torch.float64, device=generator.device) < 0.5
+        proposed = index + torch.where(up, 1, -1).to(index.device)
+        inside = (proposed >= 0) & (proposed < grid.numel())
+        proposed = torch.where(inside, proposed, index)
+        sigma, sigma_next = grid[index], grid[proposed]
+        ratio = float((grid[1:] / grid[:-1]).max())  # Heun sub-steps of at most FLOW_RATIO in sigma
+        substeps = max(1, math.ceil(math.log(ratio) / math.log(FLOW_RATIO) - 1e-9))
+        moved = x
+        for k in range(substeps):
+            moved = heun_step(
+                prior.denoise,
+                moved,
+                sigma * (sigma_next / sigma) ** (k / substeps),
+                sigma * (sigma_next / sigma) ** ((k + 1) / substeps),
+            )
+        log_ratio = surrogate.log_density(problem, moved, sigma_next) - surrogate.log_density(problem, x, sigma)
+        u = torch.rand(n, generator=generator, dtype=torch.float64, device=generator.device)
+        accepted = inside & (torch.log(u).to(log_ratio.device) < log_ratio.double())
+        x = torch.where(per_sample(accepted, x.dim()), moved, x)
+        return x, torch.where(accepted, proposed, index), accepted
 
     def run(self, problem, prior, chains, num_samples, generator, loop):
         dtype, device = problem.y.dtype, problem.y.device
@@ -151,6 +182,7 @@ class DenoisingLangevinGibbs(Sampler):
             level_surrogate = LikelihoodSurrogate.of(
                 level_problem, prior, self.gamma, "DenoisingLangevinGibbs"
             )
+        tau = damping_scale(prior, self.prior_std)
         total = self.burn_in + self.thin * num_samples
         start, state = loop.resume(
             lambda: {
@@ -164,10 +196,13 @@ class DenoisingLangevinGibbs(Sampler):
         x, index, draws, sigma_trace = (state[k] for k in ("x", "index", "draws", "sigma_trace"))
         for it in range(start, total):
             sigma = grid[index]
-            P = surrogate.preconditioner(sigma, self.prior_std)
+            P = surrogate.preconditioner(sigma, tau)
             x = lml_step(x, surrogate.score(problem, prior, x, sigma), P, self.step_size, generator)
-            logits = self.sigma_logits(level_problem, prior, level_surrogate, x, grid)
-            index = draw_categorical(logits, generator)
+            if self.mode(prior) == "flow":
+                x, index, _ = self.flow_move(problem, prior, surrogate, x, index, grid, generator)
+            else:
+                logits = self.sigma_logits(level_problem, prior, level_surrogate, x, grid)
+                index = draw_categorical(logits, generator)
             sigma_trace.append(grid[index].cpu())
             if it >= self.burn_in and (it - self.burn_in + 1) % self.thin == 0:
                 draws.append(self._to_draw(problem, prior, surrogate, x, grid[index], float(grid[0])))

@@ -17,14 +17,14 @@ it moves along a gradient taken through the denoiser:
   the ancestral step with the posterior score approximated as the prior score plus the DPS
   likelihood score; ``zeta = 1`` is the unscaled approximation, usable for any noise model.
 
-Output: approximate posterior samples; not a calibrated sampler (the guidance is biased and the
-step size dominates). Cost per step: 1 NFE and 1 vector-Jacobian product through the network, plus
+Output: approximate posterior samples (``kind = "approximate"``); not a calibrated sampler (the
+guidance is biased and the step size dominates). Cost per step: 1 NFE and 1 vector-Jacobian product through the network, plus
 1 NFE per optional Levenberg-Marquardt-Langevin corrector step (``corrector_steps``).
 
-Measured (2-D separated mixture, one row, sigma_y = 0.5, 500 samples): the residual step at 100
-steps lands at 1.6x the sliced-Wasserstein floor; the unscaled likelihood step (``zeta = 1``)
-overshoots, because DPS ignores the uncertainty of ``x0_hat`` (40x the floor, mean far off); with
-``zeta = 0.1`` and 1000 steps it reaches 4x. Retune ``step_size`` for every task and noise level.
+The unscaled likelihood step (``zeta = 1``) overshoots, because DPS ignores the uncertainty of
+``x0_hat``; it can diverge, which the run's range check reports (:func:`posterior.diagnostics.check`).
+Retune ``step_size`` for every task and noise level; measured accuracy is in ``docs/baselines.md``
+and ``docs/benchmarks.md``.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import torch
 
 from posterior.priors.integrators import ancestral_step, sigma_grid
 from posterior.samplers.base import Sampler, tweedie_guidance
-from posterior.samplers.lml import LikelihoodSurrogate, lml_correct
+from posterior.samplers.lml import LikelihoodSurrogate, damping_scale, lml_correct
 from posterior.utils import randn
 
 
@@ -68,7 +68,8 @@ class DPS(Sampler):
     corrector_steps: int = 0
     corrector_step_size: float = 0.2
 
-    kind = "samples"
+    kind = "approximate"
+    divergence_hint = 'lower step_size (zeta), use more steps, or guidance="residual"'
 
     def __post_init__(self):
         if self.guidance not in ("residual", "likelihood"):
@@ -92,6 +93,7 @@ class DPS(Sampler):
         surrogate = (
             LikelihoodSurrogate.of(problem, prior, 1.0, "DPS corrector") if self.corrector_steps else None
         )
+        tau = damping_scale(prior, None)
         start, state = loop.resume(
             lambda: {"x": sigmas[0] * randn(x_shape, generator, dtype, device)}, self.steps
         )
@@ -106,7 +108,7 @@ class DPS(Sampler):
                 x = x_next + self.step_size * (sigma**2 - sigma_next**2) * grad
             for _ in range(self.corrector_steps if float(sigma_next) > 0 else 0):
                 x = lml_correct(
-                    problem, prior, surrogate, x, sigma_next, self.corrector_step_size, 1.0, generator
+                    problem, prior, surrogate, x, sigma_next, self.corrector_step_size, tau, generator
                 )[0]
             loop.done(i, sigma, {"x": x}, check=(x,), view={"x": x, "x0_hat": x0_hat})
         return x, {"sigma": sigmas[:-1].cpu()}

@@ -77,7 +77,7 @@ class JointPosterior(Sampler):
     sigma_data: float = 0.5
     rho: float = 7.0
 
-    kind = "samples"
+    kind = "approximate"
 
     def __post_init__(self):
         if self.guidance not in GUIDANCE:

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from posterior.diagnostics import RANGE_FACTOR, out_of_range
 from posterior.utils import atomic_write
 
 FORMAT = 1
@@ -85,6 +86,8 @@ class Loop:
         self.every, self.resume_from, self.group = checkpoint_every, resume, group
         self.bar = None
         self.last_good: dict | None = None
+        self.bounds: tuple[Tensor, float] | None = None  # the prior's (mean, scale) for the range check
+        self.departure: tuple[int, float] | None = None  # (step, sigma) where check[0] first left it
 
     # -- the sampler's side ------------------------------------------------------------------------
     def resume(
@@ -121,12 +124,17 @@ class Loop:
         """Step ``step`` (0-based) ended at noise level ``sigma`` with ``state``.
 
         ``sigma``: a number, or one per chain (messages name the largest); ``check``: tensors that
-        must be finite; ``view``: what the callback sees (default ``state``);
-        ``advance``: whether the progress bar moves (sub-steps do not). The sampler must not modify
-        the tensors of ``state`` in place afterwards (pass copies of those it updates in place).
+        must be finite, the first of them the draws or state whose first departure from the prior's
+        range (:func:`posterior.diagnostics.out_of_range`, given ``bounds``) is recorded as
+        ``departure``; ``view``: what the callback sees (default ``state``); ``advance``: whether the
+        progress bar moves (sub-steps do not). The sampler must not modify the tensors of ``state`` in
+        place afterwards (pass copies of those it updates in place).
         """
         if not all(bool(torch.isfinite(t).all()) for t in check):
             self.fail(step, sigma, "non-finite values")
+        if check and self.bounds is not None and self.departure is None:
+            if out_of_range(check[0], *self.bounds, sigma) >= RANGE_FACTOR:
+                self.departure = (step, float(torch.as_tensor(sigma).max()))
         self.last_good = self.snapshot(step + 1, state)
         if self.bar is not None and advance:
             self.bar.update(1)

@@ -19,10 +19,8 @@ Each step draws the observed coordinates from the product of the kernel and the 
 potential to the log-weight. Unobserved coordinates move freely. No backprop through the network.
 
 Output: weighted particles (or ``resample=True``), log-evidence in the trace. Cost per particle-step:
-1 NFE (measured 1.12x the bare network time on the digits prior). Refuses non-linear operators and
-non-Gaussian or per-element noise. Measured (``docs/benchmarks.md``): 2.1x and 1.2x the floor with
-4 runs x 4096 particles on separated mixtures in d = 8 and 64; at small N its weights degenerate
-more often than AFDPS's (up to 15x at 4 x 16).
+1 NFE. Refuses non-linear operators and non-Gaussian or per-element noise. Accuracy against exact
+posteriors and cost: ``docs/benchmarks.md``.
 """
 
 from __future__ import annotations

@@ -11,12 +11,19 @@ draws ``xi, eps ~ N(0, I)`` and minimises
     L = -log p(y | x0) + lam w(sigma_k) <stopgrad(eps_hat - beta eps), x0> - sum(rho)
 
 (one denoiser call, no backpropagation through the network). ``-beta eps`` is a zero-mean control
-variate: the paper's ``beta = 1``; here ``beta`` is fitted per sample (:func:`control_variate`),
-which removes the noise that ``beta = 1`` adds at small ``sigma``. By Stein's identity
-``E[(eps_hat - eps) / sigma] = -grad log p_sigma(x0)``: with ``w = 1 / sigma`` and ``lam = 1`` the
-regulariser's gradient is the score of the prior smoothed at ``sigma``, and with the entropy term
-``-sum(rho)`` this is stochastic variational inference of ``KL(q || p(x0 | y))`` against the
-smoothed prior.
+variate: the paper's ``beta = 1``; here (``beta="lagged"``) the per-sample least-squares coefficient
+(:func:`control_variate`) fitted at the *previous* iteration, which removes most of the noise that
+``beta = 1`` adds at small ``sigma`` while staying independent of this iteration's ``eps``, so that
+``E[beta eps] = 0`` holds exactly (a coefficient fitted on the same ``eps`` correlates with it and
+shrinks the prior term by about ``1 - 1/d``: in d = 2 it doubled the unobserved variance). By
+Stein's identity ``E[(eps_hat - eps) / sigma] = -grad log p_sigma(x0)``: with ``w = 1 / sigma`` and
+``lam = 1`` the regulariser's gradient is the score of the prior smoothed at ``sigma``, and with the
+entropy term ``-sum(rho)`` this is stochastic variational inference of ``KL(q || p(x0 | y))`` against
+the smoothed prior.
+
+Over the averaging tail the mean of the iterates in its second half is compared with that of its
+first (``trace["unsettled"]``, :meth:`RedDiff.drift_ratio`): a fit still moving warns through
+:func:`posterior.diagnostics.check`.
 
 Modes:
 
@@ -33,8 +40,8 @@ not the paper's ``w = sigma`` and ``lam = 0.25``: with ``w = sigma`` the prior t
 small ``sigma``, so the point estimate is not the MAP and the Gaussian variances diverge.
 :meth:`RedDiff.paper` gives the published settings with the lambda conversion. A diagonal ``q``
 matches ``1 / diag(posterior precision)``, below the marginal variances when the posterior is
-correlated; on multimodal posteriors RED-Diff is mode-seeking (tens of times the sliced-Wasserstein
-floor on separated mixtures): its spread is not posterior uncertainty there.
+correlated; on multimodal posteriors RED-Diff is mode-seeking (``docs/benchmarks.md``): its spread is
+not posterior uncertainty there.
 """
 
 from __future__ import annotations
@@ -56,18 +63,19 @@ WEIGHTINGS = {
     "square": lambda s: s**2,
     "const": lambda s: 1.0,
 }
+# a fit whose averaged iterates moved this much over the tail (in q's standard deviations, or in the
+# prior's scale for point estimates) has not settled
+DRIFT_TOLERANCE = {"gaussian": 0.5, "point": 0.03}
 DENSE_LIMIT = 4096  # largest signal size for which diag(A^T R^-1 A) comes from the dense matrix
 
 
 def control_variate(eps_hat: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """Per-sample least-squares coefficient ``beta = <eps_hat, eps> / <eps, eps>``, shape ``(n, 1, ..., 1)``.
 
-    ``eps_hat - beta eps`` keeps the mean of ``eps_hat`` up to ``O(1/d)`` (``E eps = 0``; ``beta`` is
-    fitted on the same ``d`` coordinates) and has the smallest variance among multiples of ``eps``. The
-    paper's ``beta = 1`` is right at large ``sigma`` (``eps_hat ~ eps``), but at small ``sigma``
-    ``eps_hat`` barely depends on ``eps`` and subtracting ``eps`` *adds* unit noise per coordinate,
-    amplified by ``w = 1 / sigma``: measured, it left single Gaussian-VI runs 30% off the posterior
-    mean, against 1-4% with ``beta``.
+    The multiple of ``eps`` closest to ``eps_hat``: the paper's ``beta = 1`` is right at large ``sigma``
+    (``eps_hat ~ eps``), but at small ``sigma`` ``eps_hat`` barely depends on ``eps`` and subtracting
+    ``eps`` *adds* unit noise per coordinate, amplified by ``w = 1 / sigma``. Used one iteration late
+    (:meth:`RedDiff.control_variate_coefficient`), so that it is independent of the ``eps`` it multiplies.
     """
     dims = tuple(range(1, eps.dim()))
     return (eps_hat * eps).sum(dims, keepdim=True) / (eps * eps).sum(dims, keepdim=True)
@@ -105,8 +113,10 @@ class RedDiff(Sampler):
         Starting ``mu``: ``"prior-mean"`` (default: the denoiser at ``sigma_max``, 1 NFE), ``"pinv"``
         (``A^+ y``, the paper's), ``"adjoint"`` (``A^T y``) or ``"zeros"``; nonlinear operators fall
         back to ``"prior-mean"``. The pseudo-inverse amplifies the noise of ill-conditioned operators:
-        on digits deblurring (sigma_y = 0.05, 100 steps) it left RED-Diff at 4.2 dB PSNR against
-        29.8 dB from the prior mean, which matched or beat it on inpainting and super-resolution.
+        on digits deblurring it left RED-Diff far below the prior-mean start (``docs/benchmarks.md``).
+    beta : str
+        The control variate's coefficient: ``"lagged"`` (the previous iteration's least-squares fit,
+        unbiased) or ``"one"`` (the paper's).
     """
 
     steps: int = 1000
@@ -120,6 +130,7 @@ class RedDiff(Sampler):
     init_std: float = 0.1
     init_noise: float = 0.0
     init: str = "prior-mean"
+    beta: str = "lagged"
 
     def __post_init__(self):
         if self.init not in ("pinv", "adjoint", "prior-mean", "zeros"):
@@ -139,6 +150,8 @@ class RedDiff(Sampler):
             raise ValueError(f"sigma_max must be > sigma_min = {self.sigma_min}, got {self.sigma_max}")
         if self.init_noise < 0:
             raise ValueError(f"init_noise must be >= 0, got {self.init_noise}")
+        if self.beta not in ("lagged", "one"):
+            raise ValueError(f"beta must be 'lagged' or 'one', got {self.beta!r}")
 
     @property
     def kind(self) -> str:
@@ -162,7 +175,7 @@ class RedDiff(Sampler):
     @classmethod
     def paper(cls, problem, *, steps: int = 1000, lam: float = 0.25, lr: float = 0.05, **kwargs) -> RedDiff:
         """The published point-estimate settings: linear weighting, ``lam = 0.25`` converted by
-        :meth:`paper_lambda`, the prior's full noise range. ``lr = 0.05`` is the paper's 0.1 for
+        :meth:`paper_lambda`, ``beta = 1``, no averaging tail. ``lr = 0.05`` is the paper's 0.1 for
         images in [-1, 1] rescaled to data in [0, 1]."""
         return cls(
             steps=steps,
@@ -171,6 +184,7 @@ class RedDiff(Sampler):
             lam=cls.paper_lambda(lam, problem),
             lr=lr,
             tail_fraction=0.0,
+            beta="one",
             **kwargs,
         )
 
@@ -199,7 +213,11 @@ class RedDiff(Sampler):
             )
             rho = torch.full(shape, math.log(self.init_std), dtype=dtype, device=device)
             zeros = torch.zeros_like(mu)
-            return {"mu": mu, "rho": rho, "adam": None, "mu_avg": zeros, "rho_avg": zeros, "losses": []}
+            beta = torch.ones((n, *[1] * len(prior.event_shape)), dtype=dtype, device=device)
+            return {
+                "mu": mu, "rho": rho, "adam": None, "mu_avg": zeros, "rho_avg": zeros, "mu_half": zeros,
+                "beta": beta, "losses": [],
+            }
 
         start, state = loop.resume(initial, self.steps)
         mu = state["mu"].clone().requires_grad_(True)
@@ -208,6 +226,8 @@ class RedDiff(Sampler):
         if state["adam"] is not None:
             optimizer.load_state_dict(state["adam"])
         mu_avg, rho_avg, losses = state["mu_avg"].clone(), state["rho_avg"].clone(), list(state["losses"])
+        mu_half, beta = state["mu_half"], state["beta"]
+        half = tail_start + (self.steps - tail_start) // 2  # the tail's halves are compared at the end
         col = self.data_curvature(problem) if gaussian else None
         weight = WEIGHTINGS[self.weighting]
         for k in range(start, self.steps):
@@ -219,7 +239,8 @@ class RedDiff(Sampler):
             with torch.no_grad():
                 x0_hat = prior.denoise(x0.detach() + sigma * eps, sigma)
                 eps_hat = eps + (x0.detach() - x0_hat) / sigma
-                g = self.lam * weight(sigma) * (eps_hat - control_variate(eps_hat, eps) * eps)
+                beta_used, beta = self.control_variate_coefficient(eps_hat, eps, beta)
+                g = self.lam * weight(sigma) * (eps_hat - beta_used * eps)
             if col is None:
                 data = -problem.log_likelihood(x0)
             else:  # closed-form E_q[-log p(y | x0)]
@@ -233,6 +254,8 @@ class RedDiff(Sampler):
             if k >= tail_start:  # Polyak averaging of the iterates over the tail
                 mu_avg += (mu.detach() - mu_avg) / (k - tail_start + 1)
                 rho_avg += (rho.detach() - rho_avg) / (k - tail_start + 1)
+            if k + 1 == half:
+                mu_half = mu_avg.clone()
             losses.append(float(data.detach().mean()))
             state = {  # copies: the optimiser and the averages update in place
                 "mu": mu.detach().clone(),
@@ -240,10 +263,17 @@ class RedDiff(Sampler):
                 "adam": copy.deepcopy(optimizer.state_dict()),
                 "mu_avg": mu_avg.clone(),
                 "rho_avg": rho_avg.clone(),
+                "mu_half": mu_half,
+                "beta": beta,
                 "losses": losses,
             }
             view = {"mu": state["mu"], "rho": state["rho"], "x0_hat": x0_hat}
             loop.done(k, sigma, state, check=(state["mu"], state["rho"]), view=view)
+        trace = {"sigma": sigmas.cpu(), "data_loss": torch.tensor(losses)}
+        if tail_start < half < self.steps:
+            first, total = half - tail_start, self.steps - tail_start
+            drift = (total * mu_avg - first * mu_half) / (total - first) - mu_half  # second half minus first
+            trace["unsettled"] = torch.tensor(self.drift_ratio(drift, rho_avg.exp(), prior))
         if tail_start < self.steps:
             mu, rho = mu_avg, rho_avg
         mu, std = mu.detach(), rho.detach().exp()
@@ -252,7 +282,26 @@ class RedDiff(Sampler):
             x = (mu[:, None] + std[:, None] * draws).reshape(chains * num_samples, *prior.event_shape)
         else:
             x = mu
-        return x, {"sigma": sigmas.cpu(), "data_loss": torch.tensor(losses)}
+        return x, trace
+
+    def control_variate_coefficient(self, eps_hat, eps, previous) -> tuple:
+        """``(beta to use now, beta to keep for the next iteration)``. ``"lagged"``: the previous
+        iteration's fit :func:`control_variate` (independent of this ``eps``, so ``E[beta eps] = 0``
+        exactly; a fit on this ``eps`` shrinks the prior term by about ``1 - 1/d``); ``"one"``: the
+        paper's ``beta = 1``."""
+        if self.beta == "one":
+            return 1.0, previous
+        return previous, control_variate(eps_hat, eps)
+
+    def drift_ratio(self, drift, std, prior) -> float:
+        """How far the averaged iterates still moved over the averaging tail: the root mean square over
+        coordinates (and fits) of ``drift`` (the mean of the tail's second half minus its first) in
+        units of ``q``'s standard deviation (``"gaussian"``) or of the prior's scale (``"point"``,
+        :meth:`DiffusionPrior.location_scale`), over the tolerance ``DRIFT_TOLERANCE[mode]``. Above 1
+        the fit has not settled. It sees iterates that still move, not a fit that creeps too slowly to
+        move within the tail (ill-conditioned problems: compare runs with more steps)."""
+        unit = std if self.mode == "gaussian" else prior.location_scale()[1]
+        return float((drift / unit).pow(2).mean().sqrt()) / DRIFT_TOLERANCE[self.mode]
 
     def initial_mean(self, problem, prior, n: int) -> torch.Tensor:
         """The starting ``mu`` of shape ``(n, *in_shape)`` (see ``init``)."""

@@ -9,18 +9,17 @@ Tweedie's estimate:
 
     psi_sigma(x) = N(y; A x0_hat(x, sigma), sigma_y^2 I + kappa r^2 A A^T),   r^2 = sigma^2 / (1 + sigma^2)
 
-for linear-Gaussian problems (the PiGDM variance; ``kappa = 0``, the noise-free twist, was 10-50x
-worse on the mixture benchmark), and ``p(y | x0_hat)^beta(sigma)`` with the tempering of
-:func:`posterior.samplers.twists.tempering` for any other operator and noise model. The weight
-increment ``log N(x'; m, v) - log N(x'; m + v g, v) + log psi_{sigma'}(x') - log psi_sigma(x)`` makes
-the weighted particles exact as ``N`` grows; the last step (``v = 0``) is ``x_0 = x0_hat`` with weight
+for linear-Gaussian problems (the PiGDM variance; ``kappa = 0`` is the noise-free twist), and
+``p(y | x0_hat)^beta(sigma)`` with the tempering of :func:`posterior.samplers.twists.tempering` for
+any other operator and noise model. The weight increment
+``log N(x'; m, v) - log N(x'; m + v g, v) + log psi_{sigma'}(x') - log psi_sigma(x)`` makes the
+weighted particles exact as ``N`` grows; the last step (``v = 0``) is ``x_0 = x0_hat`` with weight
 ``p(y | x_0) / psi_sigma(x)``.
 
 Output: weighted particles (or ``resample=True``), log-evidence in the trace. Cost per particle-step:
 1 NFE and 1 vector-Jacobian product through the network. The twist's variance is the within-mode
-one, so it is over-confident while ``x0 | x_sigma`` is multimodal. Measured (``docs/benchmarks.md``):
-2.0x the floor in d = 8 but 5-11x in 64-D on separated mixtures, and on a 2-D one ESS/N 0.003 with
-the log-evidence 14 nats low; exact where its variance is (unit-covariance Gaussian prior, a test).
+one, so it is over-confident while ``x0 | x_sigma`` is multimodal (measured on separated mixtures in
+``docs/benchmarks.md``); exact where its variance is (unit-covariance Gaussian prior, a test).
 AFDPS's Tweedie twist fixes that.
 """
 

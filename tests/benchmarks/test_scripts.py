@@ -141,3 +141,8 @@ def test_dehazing_benchmark(tmp_path):
     assert (
         rows[0]["gcnr_ventricle"] > rows[1]["gcnr_ventricle"] and (tmp_path / "d.png").stat().st_size > 1000
     )
+
+
+def test_joint_toy_benchmark(tmp_path):
+    rows = load("joint_toy").main(["--draws", "64", "--out", str(tmp_path / "j.json")])
+    assert len(rows) == 7 and all(r["joint"] > 0 for r in rows)

@@ -114,3 +114,25 @@ def test_benchmark_dispatch(tmp_path, capsys):
         ]
     )
     assert (tmp_path / "c.json").exists()
+
+
+def test_smc_run_reports_weighted_summary_and_one_verdict(tmp_path, capsys):
+    """An SMC job: summary.csv is the weighted table (no R-hat across independent runs), its agreement
+    column gives the same answer as the printed verdict line, which also opens report.md."""
+    import numpy as np
+    import pandas as pd
+    from scipy.stats import chi2
+
+    from posterior.results import PosteriorSamples
+
+    job = VALID.replace('name = "DPS"', 'name = "AFDPS"').replace("num_samples = 2", "num_samples = 8")
+    out = tmp_path / "out"
+    cli.main(["run", str(write(tmp_path, job)), "--out", str(out), "--no-progress"])
+    line = capsys.readouterr().out.splitlines()[0]
+    table = pd.read_csv(out / "summary.csv", index_col=0)
+    assert "r_hat" not in table.columns and {"agreement", "mcse_mean", "lower", "upper"} <= set(table.columns)
+    result = PosteriorSamples.load(out / "samples.safetensors")
+    assert line == result.verdict.line and result.verdict.line in (out / "report.md").read_text()
+    pvalue = chi2.sf(table["agreement"].to_numpy() ** 2 * (result.chains - 1), result.chains - 1) * len(table)
+    assert ("disagree" in " ".join(result.verdict.problems)) == bool(np.min(pvalue) < 1e-3)
+    np.testing.assert_allclose(table["mean"].to_numpy(), result.mean().reshape(-1).numpy(), rtol=1e-6, atol=1e-9)

@@ -1,5 +1,6 @@
 """Convergence and weight diagnostics: warnings fire on unconverged chains and stay silent otherwise."""
 
+import math
 import warnings
 
 import pytest
@@ -50,9 +51,36 @@ def test_weight_diagnostics_of_an_smc_run_and_refusals(overlapping_problem):
     prior, problem = overlapping_problem()
     result = post.samplers.MCGdiff(steps=20).sample(problem, prior, 64, chains=3, seed=0, progress=False)
     report = post.diagnostics.weights(result)
-    assert report["min_ess_fraction"].shape == (3,) and bool((report["min_ess_fraction"] <= 1).all())
-    assert bool((report["max_weight"] >= 1 / 64).all()) and report["log_evidence_std"] >= 0
-    assert int(report["resamplings"].sum()) >= 0
+    # each entry against an independent computation from the run's weights and trace
+    lw = result.log_weights.double()
+    w = torch.exp(lw - lw.max(1, keepdim=True).values)  # unnormalised, largest 1
+    torch.testing.assert_close(report["max_weight"], 1 / w.sum(1))
+    torch.testing.assert_close(report["final_ess_fraction"], w.sum(1) ** 2 / (w**2).sum(1) / 64)
+    ess_trace = result.trace["ess"]  # (steps + 1, 3)
+    assert report["min_ess_fraction"].shape == (3,)
+    assert all(float(report["min_ess_fraction"][b]) == min(ess_trace[:, b].tolist()) for b in range(3))
+    # MCGdiff resamples a run when its ESS falls below N/2 (ess_threshold 0.5), never at the start or end
+    expected = (ess_trace[1:-1] < 0.5).sum(0)
+    assert report["resamplings"].tolist() == expected.tolist() and int(expected.sum()) > 0
+    log_z = result.trace["log_evidence"][-1].tolist()
+    mean = sum(log_z) / 3
+    assert report["log_evidence_std"] == pytest.approx((sum((v - mean) ** 2 for v in log_z) / 2) ** 0.5)
+    # a hand-made weighted result with known answers: uniform and degenerate weights, log Z 1 and 3
+    known = post.PosteriorSamples(
+        torch.zeros(2, 4, 1, dtype=torch.float64),
+        log_weights=torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.0, -math.inf, -math.inf, -math.inf]]).double(),
+        trace={
+            "ess": torch.tensor([[1.0, 1.0], [0.5, 0.25], [0.75, 0.3]], dtype=torch.float64),
+            "resampled": torch.tensor([[False, False], [True, True], [False, False]]),
+            "log_evidence": torch.tensor([[0.0, 0.0], [0.5, 0.5], [1.0, 3.0]], dtype=torch.float64),
+        },
+    )
+    known_report = post.diagnostics.weights(known)
+    assert known_report["max_weight"].tolist() == [0.25, 1.0]
+    assert known_report["final_ess_fraction"].tolist() == [1.0, 0.25]
+    assert known_report["min_ess_fraction"].tolist() == [0.5, 0.25]
+    assert known_report["resamplings"].tolist() == [1, 1]
+    assert known_report["log_evidence_std"] == pytest.approx(2**0.5)
     with pytest.raises(ValueError, match="Markov chains"):
         post.diagnostics.convergence(result)
     flat = post.samplers.MCGdiff(steps=20, resample=True).sample(problem, prior, 8, chains=2, progress=False)

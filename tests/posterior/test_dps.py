@@ -62,7 +62,7 @@ def test_dps_runs_on_every_operator_and_noise_model(name, guidance):
     assert result.samples.shape == (2, 4, *SHAPE)
     assert bool(torch.isfinite(result.samples).all())
     assert (result.nfe, result.grad_evals) == (20, 20)
-    assert result.kind == "samples" and result.sampler == "DPS"
+    assert result.kind == "approximate" and result.sampler == "DPS"
     flat_ll = problem.log_likelihood(result.flat())
     torch.testing.assert_close(result.sample_stats["log_likelihood"].reshape(-1), flat_ll)
 

@@ -21,7 +21,7 @@ def test_report_of_an_smc_run(tmp_path):
     result = post.samplers.AFDPS(steps=10).sample(problem, prior, 8, chains=2, seed=0, progress=False)
     path = plots.write_report(result, tmp_path / "run", truth=prior.sample(1, seed=1)[0])
     names = {p.name for p in path.parent.iterdir()}
-    assert names == {"report.md", "samples.safetensors", "draws.png", "summary.png", "smc_ess.png"}
+    assert names == {"report.md", "samples.safetensors", "summary.csv", "draws.png", "summary.png", "smc_ess.png"}
     text = path.read_text()
     assert "AFDPS" in text and "final ESS/N" in text and "![smc_ess](smc_ess.png)" in text
     loaded = post.PosteriorSamples.load(path.parent / "samples.safetensors")

@@ -1,0 +1,291 @@
+"""Rewrite the generated tables of the documentation from the JSON that the benchmark commands wrote.
+
+A generated table sits between ``<!-- table: NAME -->`` and ``<!-- end table -->`` in a page of
+``docs/``. It is rendered from JSON files in ``docs/results/`` (see ``TABLES``), each of which records
+the command that wrote it; those commands and this one are named under the table. ``--check`` rewrites
+nothing and exits with status 1 when a table differs from what its JSON renders
+(``tests/benchmarks/test_render_docs.py`` runs it).
+
+    python benchmarks/gmm.py oracle dps --steps 50 100 --out docs/results/gmm-large.json   # a benchmark
+    python benchmarks/render_docs.py            # rewrite every generated table, print what it renders
+    python benchmarks/render_docs.py --check    # fail if a table is stale
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).parents[1]
+DOCS = ROOT / "docs"
+RESULTS = DOCS / "results"
+BLOCK = re.compile(r"(<!-- table: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- end table -->)", re.DOTALL)
+
+
+def markdown(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def problem_name(row: dict) -> str:
+    """The problem without its seed: every table of the docs has one seed."""
+    return row["problem"].rsplit(" seed=", 1)[0]
+
+
+def gmm(data: dict, key: str) -> list[str]:
+    """``benchmarks/gmm.py``: one line per problem and sampler, one column per step count (``key``
+    ``"steps"``) or per particle count (``"particles"``); cells ``SW/floor (mode TV)``."""
+    rows = data["rows"]
+    columns = sorted({r[key] for r in rows})
+
+    def line(r: dict) -> tuple[str, str]:
+        return problem_name(r), r["sampler"].split()[0]  # "afdps 4x16" -> "afdps"
+
+    cells = {(*line(r), r[key]): r for r in rows}
+    header = [f"{k} steps" if key == "steps" else f"N={k}" for k in columns]
+    return markdown(
+        ["problem", "sampler", *header],
+        [
+            [
+                p,
+                s,
+                *(
+                    f"{c['sw_over_floor']:.1f} ({c['mode_tv']:.2f})"
+                    for c in (cells[p, s, k] for k in columns)
+                ),
+            ]
+            for p, s in dict.fromkeys(map(line, rows))
+        ],
+    )
+
+
+CALIBRATION_LABELS = {"joint": "joint (one source, PiGDM)"}
+
+
+def calibration(data: dict) -> list[str]:
+    """``benchmarks/calibration.py``: coverages, ECDF-test p-values, verdict and time per sampler."""
+    rows = []
+    for r in data["rows"]:
+        coverage = [r["coverage"][a] for a in ("0.5", "0.9")] + [r["hpd_coverage"][a] for a in ("0.5", "0.9")]
+        rows.append(
+            [CALIBRATION_LABELS.get(r["sampler"], r["sampler"])]
+            + [f"{c:.2f}" for c in coverage]
+            + [f"{r[k]:.2g}" for k in ("sbc_pvalue", "hpd_pvalue", "tarp_pvalue")]
+            + ["yes" if r["calibrated"] else "no", f"{r['seconds']:.1f} s"]
+        )
+    header = ["50% central", "90% central", "50% HPD", "90% HPD", "SBC p", "HPD p", "TARP p"]
+    return markdown(["sampler", *header, "calibrated", "time"], rows)
+
+
+FALSE_ALARM_LABELS = {
+    "sbc": "SBC ranks (ECDF, Bonferroni over 2 coordinates)",
+    "hpd": "HPD ranks (ECDF)",
+    "tarp": "TARP (ECDF)",
+    "coverage": "central-interval coverage (4 levels)",
+    "hpd coverage": "HPD-region coverage (4 levels)",
+    "any": "any of them (the `calibrated` verdict)",
+}
+
+
+def false_alarm(data: dict) -> list[str]:
+    """``benchmarks/calibration.py --false-alarm``: rejection rate of each test, binomial standard error."""
+    n = data["seeds"]
+    return markdown(
+        ["test (level 0.01, or 3 s.e. for coverages)", "rejection rate", "s.e."],
+        [
+            [FALSE_ALARM_LABELS[k], f"{rate:.3f}", f"{(rate * (1 - rate) / n) ** 0.5:.3f}"]
+            for k, rate in data["rates"].items()
+        ],
+    )
+
+
+def joint_toy(data: dict) -> list[str]:
+    """``benchmarks/joint_toy.py``: SW over the floor, joint and per source."""
+    return markdown(
+        ["sampler", "joint", "source x", "source h"],
+        [[r["sampler"], *(f"{r[k]:.1f}" for k in ("joint", "source_x", "source_h"))] for r in data["rows"]],
+    )
+
+
+def prior_quality(data: dict, unit: str, units: str) -> list[str]:
+    """``benchmarks/priors.py``: nearest-training distances and sliced W1, one column per prior."""
+    rows = data["rows"]
+    distance = [
+        " / ".join(f"{r['nearest_train_distance'][k]:#.3g}" for k in ("samples", "held_out", "uniform_noise"))
+        for r in rows
+    ]
+    w1 = [
+        " / ".join(
+            f"{r[k]:.3f}"
+            for k in ("sw_samples_vs_held_out", "sw_train_vs_held_out", "sw_gaussian_vs_held_out")
+        )
+        for r in rows
+    ]
+    return markdown(
+        ["", *(r["prior"] for r in rows)],
+        [
+            ["load time", *(f"{r['load_seconds']:.2f} s" for r in rows)],
+            ["sampling time (one thread)", *(f"{r['sample_seconds']:.0f} s" for r in rows)],
+            [f"nearest-training-{unit} distance: samples / held-out {units} / uniform noise", *distance],
+            [f"sliced W1 to held-out {units}: samples / training {units} / fitted Gaussian", *w1],
+        ],
+    )
+
+
+def denoising(data: dict) -> list[str]:
+    """``benchmarks/priors.py``: denoising MSE of each network and of the fitted Gaussian, per sigma."""
+    rows = data["rows"]
+    sigmas = list(rows[0]["denoising_mse"])
+    header = [f"{r['prior']} {kind}" for r in rows for kind in ("network", "Gaussian")]
+    return markdown(
+        ["sigma", *header],
+        [
+            [f"{float(s):g}"] + [f"{r[k][s]:.5f}" for r in rows for k in ("denoising_mse", "gaussian_mmse")]
+            for s in sigmas
+        ],
+    )
+
+
+def classifiers(data: dict) -> list[str]:
+    """``benchmarks/priors.py``: the noise-level classifiers' held-out accuracy."""
+    return markdown(
+        ["", "exact level", "within one level", "RMS error of log sigma"],
+        [
+            [
+                f"{r['prior']} ({r['classifier_steps']} steps)",
+                *(f"{r['classifier'][k]:.2f}" for k in ("exact", "within_one_level", "rms_log_sigma_error")),
+            ]
+            for r in data["rows"]
+            if r["classifier"]
+        ],
+    )
+
+
+def mcmc_digits(data: dict) -> list[str]:
+    """``benchmarks/mcmc_digits.py``: ArviZ's R-hat and ESS over the pixels of 4 DLG chains on digits."""
+    return markdown(
+        ["chains x draws (burn-in, thin)", "largest R-hat", "pixels above 1.01", "smallest bulk / tail ESS", "NFE", "time"],
+        [
+            [
+                f"{r['chains']} x {r['draws']} ({r['burn_in']}, {r['thin']})",
+                f"{r['max_rhat']:.2f}",
+                f"{100 * r['fraction_rhat_above_1.01']:.0f}%",
+                f"{r['min_ess_bulk']:.1f} / {r['min_ess_tail']:.1f}",
+                str(r["nfe"]),
+                f"{r['wall_time']:.0f} s",
+            ]
+            for r in data["rows"]
+        ],
+    )
+
+
+IMAGE_SAMPLERS = {
+    "dps": "DPS",
+    "reddiff": "RED-Diff",
+    "reddiff-paper": "RED-Diff paper settings",
+    "reddiff-pinv-init": "RED-Diff pinv start",
+    "afdps": "AFDPS",
+    "mcgdiff": "MCGdiff",
+}
+IMAGE_TASKS = {
+    "inpainting": "box inpainting",
+    "super-resolution": "2x super-resolution",
+    "deblurring": "Gaussian deblurring",
+}
+
+
+def images(data: dict, samplers: tuple[str, ...], column: str) -> list[str]:
+    """``benchmarks/images.py``: PSNR (dB) of the (weighted) mean per task, and of ``A^+ y``; one column
+    per sampler and ``column`` (``"steps"`` or ``"particles"``)."""
+    rows = [r for r in data["rows"] if r["sampler"] in samplers]
+    columns = list(dict.fromkeys((r["sampler"], r["steps"], r["draws"]) for r in rows))
+    cells = {(r["task"], r["sampler"], r["steps"], r["draws"]): r for r in rows}
+    tasks = {r["task"]: r["psnr_measurement_pinv"] for r in rows}
+    header = [
+        f"{IMAGE_SAMPLERS[s]} {steps}" if column == "steps" else f"{IMAGE_SAMPLERS[s]} {draws} particles"
+        for s, steps, draws in columns
+    ]
+    return markdown(
+        ["task", "A+y", *header],
+        [
+            [IMAGE_TASKS[t], f"{pinv:.1f}", *(f"{cells[t, *c]['psnr_mean']:.1f}" for c in columns)]
+            for t, pinv in tasks.items()
+        ],
+    )
+
+
+TABLES = {  # name -> (JSON files under docs/results, renderer of their rows pooled)
+    "gmm-baselines": (("gmm-baselines",), lambda data: gmm(data, "steps")),
+    "gmm-large": (("gmm-large",), lambda data: gmm(data, "steps")),
+    "smc-particles": (("smc-particles",), lambda data: gmm(data, "particles")),
+    "smc-budget": (("smc-budget",), lambda data: gmm(data, "particles")),
+    "mcmc": (("mcmc",), lambda data: gmm(data, "steps")),
+    "mcmc-digits": (("mcmc-digits",), mcmc_digits),
+    "calibration-separated": (("calibration-separated",), calibration),
+    "calibration-overlapping": (("calibration-overlapping",), calibration),
+    "false-alarm": (("false-alarm",), false_alarm),
+    "joint-toy": (("joint-toy",), joint_toy),
+    "priors-quality": (("priors-images",), lambda data: prior_quality(data, "image", "images")),
+    "priors-denoising": (("priors-images",), denoising),
+    "classifiers": (("priors-images",), classifiers),
+    "ultrasound-quality": (("priors-ultrasound",), lambda data: prior_quality(data, "patch", "patches")),
+    "ultrasound-denoising": (("priors-ultrasound",), denoising),
+    "images": (
+        ("images-100", "images-500"),
+        lambda data: images(data, ("dps", "reddiff", "reddiff-paper", "reddiff-pinv-init"), "steps"),
+    ),
+    "images-smc": (
+        ("images-100", "images-smc-32"),
+        lambda data: images(data, ("afdps", "mcgdiff"), "particles"),
+    ),
+}
+
+
+def render(name: str) -> str:
+    """The text between the markers of table ``name``: the table, then the commands that regenerate it."""
+    if name not in TABLES:
+        raise KeyError(f"unknown table {name!r}; known: {', '.join(TABLES)}")
+    stems, renderer = TABLES[name]
+    parts = [json.loads((RESULTS / f"{stem}.json").read_text()) for stem in stems]
+    if len(parts) > 1:  # one table from several commands: their rows pooled
+        parts[0] = parts[0] | {"rows": [row for part in parts for row in part["rows"]]}
+    data = parts[0]
+    commands = " and ".join(f"`{part['command']}`" for part in parts)
+    note = f"Regenerate: {commands}, then `python benchmarks/render_docs.py`."
+    return "\n".join([*renderer(data), "", note]) + "\n"
+
+
+def rewrite(check: bool = False) -> list[str]:
+    """Rewrite every generated table (``check``: only compare); returns ``page: table`` of the stale ones."""
+    stale = []
+    for page in sorted(DOCS.glob("*.md")):
+        text = new = page.read_text()
+        for match in BLOCK.finditer(text):
+            where = f"{page.relative_to(ROOT)}: {match['name']}"
+            body = render(match["name"])
+            if body != match["body"]:
+                stale.append(where)
+            if not check:
+                print(f"== {where}\n{body}")
+                new = new.replace(match[0], match[1] + body + match[4])
+        if new != text:
+            page.write_text(new)
+    return stale
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="rewrite nothing; exit 1 if a table is stale")
+    args = parser.parse_args(argv)
+    stale = rewrite(args.check)
+    verb = "stale (run python benchmarks/render_docs.py)" if args.check else "rewritten"
+    print(f"{len(stale)} table(s) {verb}" + "".join(f"\n  {s}" for s in stale))
+    if args.check and stale:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
