@@ -59,14 +59,23 @@ APPROXIMATE_KINDS = {
 }
 
 
-def out_of_range(x: Tensor, center: Tensor, scale: float, sigma: float | Tensor = 0.0) -> float:
+def rms(scale: float | Tensor) -> float:
+    """The root mean square of a prior's scale (:meth:`DiffusionPrior.location_scale`): a float as it
+    is, or over the coordinates of a per-coordinate tensor."""
+    return float(torch.as_tensor(scale, dtype=torch.float64).pow(2).mean().sqrt())
+
+
+def out_of_range(x: Tensor, center: Tensor, scale: float | Tensor, sigma: float | Tensor = 0.0) -> float:
     """The largest ``|x - center|`` over draws and coordinates, in units of ``sqrt(scale^2 + sigma^2)``
-    (``sigma`` the noise level of ``x``: the largest when one per draw); :data:`RANGE_FACTOR` and above
-    is out of the prior's range."""
+    (``scale`` a float or one per coordinate, floored at 1% of its root mean square; ``sigma`` the noise
+    level of ``x``, the largest when one per draw); :data:`RANGE_FACTOR` and above is out of the prior's
+    range."""
     sigma = float(torch.as_tensor(sigma).max())
-    unit = math.sqrt(scale**2 + sigma**2)
-    deviation = (x.detach() - center.to(x.device, x.dtype)).abs().max()
-    return float(deviation) / unit if unit > 0 else math.inf
+    scale = torch.as_tensor(scale, dtype=x.dtype, device=x.device).clamp_min(0.01 * rms(scale))
+    unit = (scale**2 + sigma**2).sqrt()
+    if not bool((unit > 0).all()):
+        return math.inf
+    return float(((x.detach() - center.to(x.device, x.dtype)).abs() / unit).max())
 
 
 def check_measurement(
@@ -74,14 +83,18 @@ def check_measurement(
 ) -> float:
     """How far ``y`` lies from the prior predictive, before any sampling: ``t = RMS(y - m) / s``, with
     ``m`` and ``s^2`` the mean and the per-element variance (averaged over elements) of ``A(x) + noise``
-    over 16 probes ``x = mean + scale z`` of :meth:`DiffusionPrior.location_scale` (fixed seed, no
-    NFE). A measurement ``t > PREDICTIVE_FACTOR`` predictive spreads away (per measurement when ``y``
-    is batched: the largest) warns with :class:`MeasurementWarning`. Returns ``t``."""
-    center, scale = prior.location_scale()
-    generator = torch.Generator().manual_seed(0)
+    over 16 probes ``x``: exact prior draws for analytic priors, else ``mean + scale z`` of
+    :meth:`DiffusionPrior.location_scale` (independent coordinates: a prior with strong correlations
+    seen through an averaging operator looks narrower than it is). A fixed seed, no NFE. A measurement
+    ``t > PREDICTIVE_FACTOR`` predictive spreads away (per measurement when ``y`` is batched: the
+    largest) warns with :class:`MeasurementWarning`. Returns ``t``."""
     y = problem.y if problem.batched else problem.y.unsqueeze(0)
-    z = torch.randn((16, *prior.event_shape), generator=generator, dtype=torch.float64)
-    probes = center + scale * z.to(dtype=center.dtype, device=center.device)
+    if hasattr(prior, "posterior"):  # analytic: exact draws carry the correlations
+        probes = prior.sample(16, seed=0)
+    else:
+        center, scale = prior.location_scale()
+        z = torch.randn((16, *prior.event_shape), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        probes = center + scale * z.to(dtype=center.dtype, device=center.device)
     with torch.no_grad():
         predicted = problem.operator(probes.to(dtype=y.dtype, device=y.device))
         try:
@@ -137,18 +150,19 @@ def check(
     failures: list[tuple[type, str]] = []
     checks: dict = {}
     said: list[str] = []
-    if prior is not None and not prior.location_scale()[1] > 0:
+    if prior is not None and not rms(prior.location_scale()[1]) > 0:
         said.append("no range check (the prior's estimated scale is 0: an untrained network?)")
     elif prior is not None:
         center, scale = prior.location_scale()
         reach = out_of_range(result.samples, center, scale)
+        scale = rms(scale)
         checks["range"] = reach
         if not reach < RANGE_FACTOR:
             where = f" (the run first left the range at step {departure[0]}, sigma={departure[1]:.3g})" if departure else ""
             failures.append(
                 (
                     DivergenceWarning,
-                    f"draws reach {reach:.3g} prior scales (scale {scale:.3g}) from the prior mean, beyond "
+                    f"draws reach {reach:.3g} prior standard deviations (RMS {scale:.3g}) from the prior mean, beyond "
                     f"{RANGE_FACTOR:g}: the run diverged{where}; {hint}",
                 )
             )

@@ -173,24 +173,25 @@ class PosteriorSamples:
         return bounds[0], bounds[1]
 
     def run_means(self) -> Tensor:
-        """Each chain's (run's) mean, weighted within the run: shape ``(chains, *event_shape)``."""
-        return torch.einsum("cn,cn...->c...", self._run_weights(), self.samples)
+        """Each chain's (run's) mean, weighted within the run, in float64: shape ``(chains, *event_shape)``."""
+        return torch.einsum("cn,cn...->c...", self._run_weights(), self.samples.double())
 
     def run_standard_errors(self) -> Tensor:
-        """Each run's own Monte-Carlo standard error of its mean, shape ``(chains, *event_shape)``:
-        ``sqrt(sum_i W_i^2 (x_i - m)^2)`` for weighted particles (the self-normalised importance
-        sampling estimate, blind to the particles' shared ancestry) and ``sd / sqrt(draws)`` for
-        equally weighted independent draws (blind to autocorrelation: not for Markov chains)."""
+        """Each run's own Monte-Carlo standard error of its mean, in float64, shape ``(chains,
+        *event_shape)``: ``sqrt(sum_i W_i^2 (x_i - m)^2)`` for weighted particles (the self-normalised
+        importance sampling estimate, blind to the particles' shared ancestry) and ``sd / sqrt(draws)``
+        for equally weighted independent draws (blind to autocorrelation: not for Markov chains)."""
         W = self._run_weights()
-        centred = self.samples - self.run_means()[:, None]
+        centred = self.samples.double() - self.run_means()[:, None]
         return torch.einsum("cn,cn...->c...", W**2, centred**2).sqrt()
 
     def _run_weights(self) -> Tensor:
-        """Normalised weights within each run, shape ``(chains, draws)``."""
+        """Normalised weights within each run, float64, shape ``(chains, draws)``."""
         if self.log_weights is None:
-            return torch.full(self.samples.shape[:2], 1.0 / self.draws, dtype=self.samples.dtype,
-                              device=self.samples.device)
-        return torch.softmax(self.log_weights.to(torch.float64), dim=1).to(self.samples.dtype)
+            return torch.full(
+                self.samples.shape[:2], 1.0 / self.draws, dtype=torch.float64, device=self.samples.device
+            )
+        return torch.softmax(self.log_weights.to(torch.float64), dim=1)
 
     def summary(self, level: float = 0.9):
         """A per-coordinate table (a ``pandas.DataFrame``, one row per coordinate).
@@ -198,9 +199,9 @@ class PosteriorSamples:
         Weighted (SMC) results: ``mean``, ``sd``, the central ``level`` interval (``lower``, ``upper``),
         ``mcse_mean`` (``sqrt(v / chains)``, ``v`` the larger of the variance of the runs' means
         and the mean of their squared own standard errors: neither a few runs' spread nor the
-        importance-sampling formula alone is trusted), ``ess_mean = sd^2 / mcse_mean^2`` and, for two runs or more, ``agreement``:
-        ``sqrt(sum_r (m_r - mean)^2 / se_r^2 / (chains - 1))``, about 1 when the runs agree within
-        their own standard errors and larger when they do not (no Markov-chain R-hat: the runs are
+        importance-sampling formula alone is trusted), ``ess_mean = sd^2 / mcse_mean^2`` and, for two
+        runs or more, :func:`agreement`, about 1 when the runs agree within their own standard errors
+        and larger when they do not (no Markov-chain R-hat: the runs are
         independent weighted ensembles). Equally weighted draws: ArviZ's summary of :meth:`to_arviz`
         with the same interval (rank-normalised R-hat and ESS, meaningful for Markov chains).
         """
@@ -370,18 +371,22 @@ class PosteriorSamples:
 
 
 def agreement(means: Tensor, standard_errors: Tensor) -> Tensor:
-    """Between-run agreement per coordinate: ``sqrt(sum_r (m_r - mbar)^2 / se_r^2 / (R - 1))`` for the
-    runs' means ``m_r`` and standard errors ``se_r`` (shape ``(R, ...)``, ``mbar`` their plain mean).
+    """Between-run agreement per coordinate, from the runs' means ``m_r`` and standard errors ``se_r``
+    (shape ``(R, ...)``): ``sqrt(Q / (R - 1))`` with Cochran's ``Q = sum_r (m_r - m_w)^2 / se_r^2``, ``m_w``
+    the inverse-variance weighted mean.
 
-    For runs whose standard errors are right, ``(R - 1) agreement^2`` is about chi-square with
-    ``R - 1`` degrees of freedom, so ``agreement`` is near 1; runs that disagree beyond what their own
-    standard errors allow give larger values. A coordinate whose runs all have zero spread is 1.
+    For runs whose standard errors are right, ``Q`` is about chi-square with ``R - 1`` degrees of
+    freedom whatever their sizes, so ``agreement`` is near 1; runs that disagree beyond what their own
+    standard errors allow give larger values. Standard errors are floored at 64 rounding errors of the
+    means (float64), so that a coordinate that is constant up to rounding agrees.
     """
-    centred = means - means.mean(0)
-    ratio = centred**2 / standard_errors.clamp_min(torch.finfo(means.dtype).tiny) ** 2
-    value = (ratio.sum(0) / (means.shape[0] - 1)).sqrt()
-    constant = (centred == 0).all(0) & (standard_errors == 0).all(0)
-    return torch.where(constant, torch.ones_like(value), value)
+    means, standard_errors = means.double(), standard_errors.double()
+    floor = 64 * torch.finfo(torch.float64).eps * means.abs()
+    se = torch.maximum(standard_errors, floor).clamp_min(1e-150)
+    precision = se**-2
+    pooled = (precision * means).sum(0) / precision.sum(0)
+    q = ((means - pooled) ** 2 * precision).sum(0)
+    return (q / (means.shape[0] - 1)).sqrt()
 
 
 def _indices(shape: tuple[int, ...]):

@@ -411,12 +411,17 @@ class GaussianMixture(DiffusionPrior):
         smallest eigenvalue of the component covariances)."""
         return math.sqrt(max(float(self._eigh()[1].min()), 0.0))
 
-    def location_scale(self) -> tuple[Tensor, float]:
-        """The mixture mean and ``sqrt(tr Cov / d)``, exactly (see :meth:`DiffusionPrior.location_scale`)."""
+    def location_scale(self) -> tuple[Tensor, Tensor]:
+        """The mixture mean and each coordinate's standard deviation, exactly, both of shape
+        ``event_shape`` (see :meth:`DiffusionPrior.location_scale`)."""
         w = self.weights.to(torch.float64)
         means = self._means.to(torch.float64)
-        spread = ((means - w @ means) ** 2).sum(1) + self._trace().to(torch.float64)
-        return self.mean(), math.sqrt(float(w @ spread) / self.dim)
+        within = w @ self._eigh()[1].to(torch.float64) if self._kind != "full" else torch.einsum(
+            "k,kii->i", w, self._cov.to(torch.float64)
+        )
+        between = w @ (means - w @ means) ** 2
+        std = (within + between).sqrt().reshape(self.event_shape)
+        return self.mean(), std.to(dtype=self.dtype)
 
     def covariance(self) -> Tensor:
         """Mixture covariance ``sum_i w_i [Sigma_i + (m_i - mu)(m_i - mu)^T]``, shape (d, d)."""

@@ -68,15 +68,15 @@ class DiffusionPrior:
     def dim(self) -> int:
         return math.prod(self.event_shape)
 
-    def location_scale(self) -> tuple[Tensor, float]:
-        """Where the prior's draws lie: its mean, shape ``event_shape``, and its scale, the root mean
-        square over coordinates of the standard deviation (``sqrt(tr Cov / d)``).
+    def location_scale(self) -> tuple[Tensor, float | Tensor]:
+        """Where the prior's draws lie: its mean, shape ``event_shape``, and its scale: here the root
+        mean square over coordinates of the standard deviation (``sqrt(tr Cov / d)``), a float;
+        analytic priors give each coordinate's standard deviation (shape ``event_shape``), exactly.
 
         Estimated from the denoiser at ``sigma_max``, where it is linear in ``x`` for any prior whose
         spread is well below ``sigma_max``: ``D(0) ~ mean`` and ``sigma <z, D(sigma z) - D(0)> ~ z^T Cov z``
-        (16 probes ``z``, a fixed seed; two network calls, not counted as NFE, made once per prior).
-        Analytic priors give the exact values. Used by the samplers' range checks
-        (:func:`posterior.diagnostics.check`).
+        (16 probes ``z``, a fixed seed; two network calls, not counted as NFE, made once per prior
+        and cached on it). Used by the samplers' range checks (:func:`posterior.diagnostics.check`).
         """
         cached = getattr(self, "_location_scale", None)
         if cached is None:

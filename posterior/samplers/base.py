@@ -262,7 +262,7 @@ class Sampler:
             resume=resume,
             group=group,
         )
-        if prior.location_scale()[1] > 0:
+        if diagnostics.rms(prior.location_scale()[1]) > 0:
             loop.bounds = prior.location_scale()
         start = time.perf_counter()
         try:

@@ -53,6 +53,7 @@ from dataclasses import dataclass
 import torch
 
 from operators import GaussianNoise, LinearOperator
+from posterior.diagnostics import rms
 from posterior.samplers.base import Sampler, one_y_per_chain
 from posterior.utils import randn
 
@@ -300,7 +301,7 @@ class RedDiff(Sampler):
         :meth:`DiffusionPrior.location_scale`), over the tolerance ``DRIFT_TOLERANCE[mode]``. Above 1
         the fit has not settled. It sees iterates that still move, not a fit that creeps too slowly to
         move within the tail (ill-conditioned problems: compare runs with more steps)."""
-        unit = std if self.mode == "gaussian" else prior.location_scale()[1]
+        unit = std if self.mode == "gaussian" else rms(prior.location_scale()[1])
         return float((drift / unit).pow(2).mean().sqrt()) / DRIFT_TOLERANCE[self.mode]
 
     def initial_mean(self, problem, prior, n: int) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """The verdict of every run: checks that fit the kind of sampler, divergence and measurement guards."""
 
+import math
 import warnings
 
 import pytest
@@ -80,7 +81,7 @@ def test_mcmc_verdict_uses_rhat_and_range_uses_the_prior():
         assert not post.diagnostics.check(post.PosteriorSamples(stuck, kind="mcmc"), prior=prior).ok
     far = x.clone()
     far[0, 0, 0] = 50.0
-    with pytest.warns(DivergenceWarning, match="50 prior scales"):
+    with pytest.warns(DivergenceWarning, match="50 prior standard deviations"):
         assert not post.diagnostics.check(post.PosteriorSamples(far), prior=prior).ok
 
 
@@ -94,9 +95,50 @@ def test_verdict_survives_save_and_load(tmp_path):
 
 def test_location_scale_of_a_network_matches_the_analytic_prior():
     """The denoiser-based estimate of a prior's mean and scale (what network priors get) agrees with the
-    exact values of the mixture it wraps: measured 12.15 against 11.71, the mean to 1e-3."""
+    exact values of the mixture it wraps (the root mean square of its per-coordinate standard
+    deviations): measured 12.15 against 11.71, the mean to 1e-3."""
     prior = post.priors.GaussianMixture.grid(8, seed=0)
     net = post.priors.DiffusionPrior.from_denoiser(prior.denoise, (8,), 0.002, prior.sigma_max, dtype=torch.float64)
     (mean, scale), (exact_mean, exact_scale) = net.location_scale(), prior.location_scale()
-    assert abs(scale / exact_scale - 1) < 0.1
+    assert abs(scale / post.diagnostics.rms(exact_scale) - 1) < 0.1
     torch.testing.assert_close(mean, exact_mean, atol=1e-2, rtol=0)
+
+
+def plain_mean_agreement(means, standard_errors):
+    """Broken: the agreement statistic centred on the plain mean of the runs, which follows a run with a
+    large standard error and makes the precise runs look as if they disagreed."""
+    centred = means - means.mean(0)
+    return ((centred**2 / standard_errors**2).sum(0) / (means.shape[0] - 1)).sqrt()
+
+
+@pytest.mark.parametrize("variant, passes", [("cochran", True), ("broken: plain mean", False)])
+def test_agreement_accepts_sound_runs_of_unequal_precision(variant, passes, monkeypatch):
+    """Three runs of 2000 equally weighted draws of N(0, I_4) and one of 40: all sound, so the verdict
+    must pass in at least 49 of 50 seeds (level 0.001 per seed). Cochran's Q (centred on the
+    inverse-variance weighted mean) does; the plain mean of the runs fails most seeds."""
+    if variant.startswith("broken"):
+        monkeypatch.setattr(post.diagnostics, "agreement", plain_mean_agreement)
+    passed = 0
+    for seed in range(50):
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(4, 2000, 4, generator=g, dtype=torch.float64)
+        log_w = torch.zeros(4, 2000, dtype=torch.float64)
+        log_w[3, 40:] = -math.inf  # the last run keeps 40 particles
+        passed += post.diagnostics.check(post.PosteriorSamples(x, log_weights=log_w), warn=False).ok
+    assert (passed >= 49) == passes, passed
+
+
+def test_constant_coordinates_and_anisotropic_priors_do_not_warn():
+    """A coordinate that is constant up to rounding (float32, uneven weights) agrees between runs; exact
+    draws of a prior whose standard deviations range from 0.1 to 10 stay within its range."""
+    x = torch.randn(4, 1000, 3, generator=torch.Generator().manual_seed(0))
+    x[:, :, 2] = 0.37
+    log_w = 0.5 * torch.randn(4, 1000, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PosteriorWarning)
+        assert post.diagnostics.check(post.PosteriorSamples(x, log_weights=log_w)).ok
+        prior = post.priors.Gaussian(
+            torch.zeros(100, dtype=torch.float64), torch.tensor([100.0] + [0.01] * 99, dtype=torch.float64)
+        )
+        draws = prior.sample(4000, seed=0).reshape(4, 1000, 100)
+        assert post.diagnostics.check(post.PosteriorSamples(draws), prior=prior).ok
