@@ -17,10 +17,10 @@ levels (``p(sigma)`` uniform over the grid, i.e. log-uniform in ``sigma``; ``p_s
      (trained on a uniform grid index, so it is ``p_sigma(x)`` up to a constant in ``g``);
    - ``"flow"`` (any prior, only a denoiser needed): a Metropolis move to a neighbouring level
      ``g' = g +- 1`` that carries ``x`` along the prior's probability-flow ODE (Heun steps that
-     change sigma by at most ``FLOW_RATIO``: one, 2 NFE, on the default grid). The flow maps ``p_sigma`` onto ``p_sigma'``, so ``p_sigma'(x') |dx'/dx| = p_sigma(x)``
-     and the prior and the Jacobian cancel from the acceptance ratio, which is just
-     ``p_sigma'(y | x') / p_sigma(y | x)``: exact as the ODE step shrinks, with no density of the
-     network needed. It moves one level per iteration (a random walk over the grid), slower than a
+     change sigma by at most ``FLOW_RATIO``: one, 2 NFE, on the default grid). The flow maps
+     ``p_sigma`` onto ``p_sigma'``, so ``p_sigma'(x') |dx'/dx| = p_sigma(x)`` and the prior and the
+     Jacobian cancel from the acceptance ratio, which is just ``p_sigma'(y | x') / p_sigma(y | x)``:
+     exact as the ODE step shrinks, with no density of the network needed. It moves one level per iteration (a random walk over the grid), slower than a
      draw from the full conditional.
 
 Every ``thin`` iterations after ``burn_in``, each chain's current state is mapped to a draw: the
@@ -142,8 +142,9 @@ class DenoisingLangevinGibbs(Sampler):
         """The ``"flow"`` move: propose ``g' = g +- 1`` (probability 1/2 each; off the grid is
         rejected), carry ``x`` to ``sigma_g'`` along the prior's probability-flow ODE (Heun steps,
         geometric in sigma, each changing it by at most ``FLOW_RATIO``: one step on the default grid,
-        2 NFE each), accept with probability ``min(1, p_sigma'(y | x') / p_sigma(y | x))``. Returns ``(x, index,
-        accepted)`` with ``accepted`` of shape ``(n,)``."""
+        2 NFE each), accept with probability ``min(1, p_sigma'(y | x') / p_sigma(y | x))``.
+
+        Returns ``(x, index, accepted)``, ``accepted`` of shape ``(n,)``."""
         n = x.shape[0]
         up = torch.rand(n, generator=generator, dtype=torch.float64, device=generator.device) < 0.5
         proposed = index + torch.where(up, 1, -1).to(index.device)
