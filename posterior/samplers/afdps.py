@@ -9,7 +9,7 @@ gradient and carry Feynman-Kac weights for the targets ``p_sigma(x) exp(-mu(x))`
 discretisation has infinite-variance weights whenever the prior's step moves particles further than the
 likelihood's width (measured: it diverges on every mixture benchmark problem). This implementation
 keeps the method's principle (exact weights, no approximation of ``p(y | x_sigma)``, error -> 0 as
-``N`` grows) and changes the bridge (``../shared/algorithms/smc_verified.md`` sections 1.2 and 6):
+``N`` grows) and changes the bridge (``docs/derivations.md``):
 
 - targets ``pi_sigma ∝ p_sigma(x) psi_sigma(x)`` with a twist ``psi_sigma`` that widens with ``sigma``
   and equals ``p(y | x)`` at ``sigma = 0`` (``twist=``; see :mod:`posterior.samplers.twists`);

@@ -11,9 +11,9 @@ with ``lam = 1 / (sigma^2 + tau^2)`` (the prior's curvature at that level, ``tau
 orthonormal directions ``R`` (rank ``k``), ``P u = R diag(1/(lam + c^2)) R^T u + (u - R R^T u) / lam``
 and ``P^(1/2)`` takes square roots: ``O(d k)``, the Sherman-Morrison identity for ``k = 1``; ``c = 0``
 (no factor) gives plain Langevin with step ``h / lam``. The noise is preconditioned with ``P^(1/2)``:
-preconditioning only the drift changes the stationary law (``mcmc_verified.md`` section 2).
+preconditioning only the drift changes the stationary law (``docs/derivations.md``).
 
-Choices verified on exact posteriors (``../shared/algorithms/mcmc_verified.md`` section 2):
+Choices verified on exact posteriors (``docs/derivations.md``):
 
 - ``V`` is a *constant* Gauss-Newton factor of the likelihood at the level: for ``y = A x + sigma_y n``
   and the annealed surrogate ``N(y; A x, sigma_y^2 I + gamma sigma^2 A A^T)``, ``V^T V = A^T S^-1 A``,
@@ -180,8 +180,8 @@ def damping_scale(prior, prior_std: float | None) -> float:
     smallest component standard deviation of an analytic prior (``GaussianMixture.smallest_std``:
     within a component the curvature of ``-log p_sigma`` is then at most ``lam``), and 0 for any other
     prior. Data on a low-dimensional manifold give ``-log p_sigma`` a curvature of ``1 / sigma^2``
-    across it, and a ``tau`` well above ``sigma`` makes the step diverge there (on the digits prior
-    at ``sigma = 0.01``, ``tau = 0.05`` already does); ``tau = 0`` is the stable choice."""
+    across it, and a ``tau`` well above ``sigma`` makes the step diverge there; ``tau = 0`` is the
+    stable choice (``docs/mcmc.md``)."""
     if prior_std is not None:
         return prior_std
     smallest = getattr(prior, "smallest_std", None)

@@ -15,11 +15,11 @@ variate: the paper's ``beta = 1``; here (``beta="lagged"``) the per-sample least
 (:func:`control_variate`) fitted at the *previous* iteration, which removes most of the noise that
 ``beta = 1`` adds at small ``sigma`` while staying independent of this iteration's ``eps``, so that
 ``E[beta eps] = 0`` holds exactly (a coefficient fitted on the same ``eps`` correlates with it and
-shrinks the prior term by about ``1 - 1/d``: in d = 2 it doubled the unobserved variance). By
-Stein's identity ``E[(eps_hat - eps) / sigma] = -grad log p_sigma(x0)``: with ``w = 1 / sigma`` and
-``lam = 1`` the regulariser's gradient is the score of the prior smoothed at ``sigma``, and with the
-entropy term ``-sum(rho)`` this is stochastic variational inference of ``KL(q || p(x0 | y))`` against
-the smoothed prior.
+shrinks the prior term by about ``1 - 1/d``, which inflates the variances in low dimension:
+``docs/baselines.md``). By Stein's identity ``E[(eps_hat - eps) / sigma] = -grad log p_sigma(x0)``:
+with ``w = 1 / sigma`` and ``lam = 1`` the regulariser's gradient is the score of the prior smoothed
+at ``sigma``, and with the entropy term ``-sum(rho)`` this is stochastic variational inference of
+``KL(q || p(x0 | y))`` against the smoothed prior.
 
 Over the averaging tail the mean of the iterates in its second half is compared with that of its
 first (``trace["unsettled"]``, :meth:`RedDiff.drift_ratio`): a fit still moving warns through

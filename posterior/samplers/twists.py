@@ -10,7 +10,7 @@ Linear-Gaussian problems ``y = A x + sigma_y n`` are seen in the SVD basis ``A =
 observed coordinates ``xbar = V^T x`` have pseudo-observations ``u_j = (U^T y)_j / s_j`` with noise
 variance ``tau_j^2 = sigma_y^2 / s_j^2``, and ``log p(y | x) = sum_j log N(u_j; xbar_j, tau_j^2) + c(y)``.
 
-The twists (``smc_verified.md`` sections 1.2, 2, 6 of the specification):
+The twists (``docs/derivations.md``):
 
 - ``noisy``: ``psi_sigma(x) = N(y; A x, sigma_y^2 I + sigma^2 A A^T)``, i.e. ``N(u_j; xbar_j, tau_j^2 + sigma^2)``;
 - ``tweedie``: ``N(y; A x0_hat, sigma_y^2 I + A C A^T)`` with ``C = sigma^2 dx0_hat/dx`` the
@@ -303,7 +303,7 @@ def ancestral_kernel(x: Tensor, x0_hat: Tensor, sigma: Tensor, sigma_next: Tenso
 class TwistedSampler(ParticleSampler):
     """A particle sampler whose particles carry a twist's evaluation: subclasses set ``self.twist`` in ``setup``.
 
-    ``propagate`` is the gradient-guided ancestral step (``smc_verified.md`` 1.2 (a)): 1 NFE per
+    ``propagate`` is the gradient-guided ancestral step (``docs/derivations.md``): 1 NFE per
     particle, the weight increment ``log N(x'; m, v) - log N(x'; m + v g, v) + log psi_{sigma'}(x') -
     log psi_sigma(x)``.
     """
