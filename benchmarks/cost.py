@@ -57,7 +57,7 @@ SAMPLERS = {
     ),
     "dlg": (
         lambda steps: S.DenoisingLangevinGibbs(
-            burn_in=steps // 6, thin=1, levels=4, init_steps=1, ode_steps=1
+            burn_in=steps // 6, thin=1, init_steps=1, ode_steps=1
         ),
         *ROWS_PER_CHAIN,
     ),

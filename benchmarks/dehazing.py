@@ -31,6 +31,8 @@ Prints a table and writes JSON. Never asserts.
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -203,9 +205,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
             paired[f"joint-{baseline}:{key}"] = {"mean": float(diff.mean()), "se": se}
             error = f" +- {se:.3f}" if se is not None else ""
             print(f"joint - {baseline}, {key}: {diff.mean():+.3f}{error} (paired, {len(diff)} frames)")
+    command = shlex.join(["python", "benchmarks/dehazing.py", *(sys.argv[1:] if argv is None else argv)])
     write_json(
         args.out,
         {
+            "command": command,
             "args": {k: str(v) for k, v in vars(args).items()},
             "rows": table,
             "per_frame": rows,

@@ -217,6 +217,82 @@ def images(data: dict, samplers: tuple[str, ...], column: str) -> list[str]:
     )
 
 
+def cost(data: dict) -> list[str]:
+    """``benchmarks/cost.py``: NFE, VJP, wall and bare-network time, overhead, time per row-step, memory."""
+    return markdown(
+        ["sampler", "NFE", "VJP", "wall s", "network s", "overhead", "target", "ms per row-step", "peak MB"],
+        [
+            [r["sampler"], str(r["nfe"]), str(r["vjp"]), f"{r['wall_time']:.2f}", f"{r['network_time']:.2f}",
+             f"{r['overhead']:.2f}", f"{r['target']:.1f}", f"{r['ms_per_row_step']:.2f}", f"{r['peak_mb']:.0f}"]
+            for r in data["rows"]
+        ],
+    )
+
+
+def cost_scaling(data: dict, key: str) -> list[str]:
+    """``benchmarks/cost.py``: seconds per step (overhead in brackets) per sampler against the batch
+    (``key="batches"``) or the image size (``"sizes"``)."""
+    rows = data[key]
+    column = "batch" if key == "batches" else "size"
+    columns = list(dict.fromkeys(r[column] for r in rows))
+    cells = {(r["sampler"], r[column]): f"{r['wall_time'] / r['nfe']:.3g} ({r['overhead']:.2f})" for r in rows}
+    names = dict.fromkeys(r["sampler"] for r in rows)
+    header = [str(c) if key == "batches" else f"{c}x{c}" for c in columns]
+    return markdown([column, *header], [[f"{n} s/step", *(cells[n, c] for c in columns)] for n in names])
+
+
+DEHAZING_COLUMNS = {  # key -> (header, format, better: +1 higher, -1 lower)
+    "gcnr_cyst": ("gCNR cyst", ".3f", 1),
+    "gcnr_ventricle": ("gCNR ventricle", ".3f", 1),
+    "contrast_cyst_db": ("contrast cyst dB", ".1f", -1),
+    "contrast_ventricle_db": ("contrast ventricle dB", ".1f", -1),
+    "psnr_bmode": ("PSNR B-mode", ".2f", 1),
+    "ssim_bmode": ("SSIM B-mode", ".3f", 1),
+    "psnr_rf": ("PSNR RF", ".2f", 1),
+    "ks_wall": ("KS wall", ".3f", -1),
+}
+
+
+def dehazing_label(method: str, data: dict) -> str:
+    labels = {"clean": "clean (reference)", "svd": f"svd (rank {data['svd_rank']})",
+              "dps": "dps (one prior)", "joint": "joint (two priors)"}
+    return labels.get(method, method)
+
+
+def dehazing(data: dict) -> list[str]:
+    """``benchmarks/dehazing.py``: means over frames per method; the best estimate per column in bold
+    (the clean reference aside; its PSNRs are infinite and shown as -)."""
+    rows = data["rows"]
+    estimates = [r for r in rows if r["method"] != "clean"]
+    best = {k: max(estimates, key=lambda r: sign * r[k])["method"] for k, (_, _, sign) in DEHAZING_COLUMNS.items()}
+    lines = []
+    for r in rows:
+        cells = []
+        for key, (_, form, _) in DEHAZING_COLUMNS.items():
+            text = "-" if r["method"] == "clean" and key.startswith("psnr") else format(r[key], form)
+            cells.append(f"**{text}**" if best[key] == r["method"] else text)
+        seconds = f"{r['seconds_per_frame']:.0f}" if r["seconds_per_frame"] > 0 else "-"
+        lines.append([dehazing_label(r["method"], data), *cells, seconds])
+    return markdown(["method", *(h for h, _, _ in DEHAZING_COLUMNS.values()), "s per frame"], lines)
+
+
+def dehazing_paired(data: dict) -> list[str]:
+    """``benchmarks/dehazing.py``: joint minus each other estimate, mean +- standard error over frames and
+    the number of frames where the joint sampler is better."""
+    keys = ("gcnr_cyst", "gcnr_ventricle", "psnr_bmode", "psnr_rf")
+    frames = data["per_frame"]
+    lines = []
+    for baseline in ("hazy", "svd", "dps"):
+        cells = []
+        for key in keys:
+            d = data["paired_differences"][f"joint-{baseline}:{key}"]
+            better = sum(j[key] > b[key] for j, b in zip(frames["joint"], frames[baseline], strict=True))
+            digits = 3 if key.startswith("gcnr") else 2
+            cells.append(f"{d['mean']:+.{digits}f} +- {d['se']:.{digits}f} ({better}/{len(frames['joint'])})")
+        lines.append([baseline, *cells])
+    return markdown(["joint minus", "gCNR cyst", "gCNR ventricle", "PSNR B-mode dB", "PSNR RF dB"], lines)
+
+
 TABLES = {  # name -> (JSON files under docs/results, renderer of their rows pooled)
     "gmm-baselines": (("gmm-baselines",), lambda data: gmm(data, "steps")),
     "gmm-large": (("gmm-large",), lambda data: gmm(data, "steps")),
@@ -226,8 +302,14 @@ TABLES = {  # name -> (JSON files under docs/results, renderer of their rows poo
     "mcmc-digits": (("mcmc-digits",), mcmc_digits),
     "calibration-separated": (("calibration-separated",), calibration),
     "calibration-overlapping": (("calibration-overlapping",), calibration),
+    "calibration-digits": (("calibration-digits-smc", "calibration-digits-mcmc"), calibration),
     "false-alarm": (("false-alarm",), false_alarm),
     "joint-toy": (("joint-toy",), joint_toy),
+    "dehazing": (("dehazing",), dehazing),
+    "dehazing-paired": (("dehazing",), dehazing_paired),
+    "cost": (("cost",), cost),
+    "cost-batch": (("cost",), lambda data: cost_scaling(data, "batches")),
+    "cost-size": (("cost",), lambda data: cost_scaling(data, "sizes")),
     "priors-quality": (("priors-images",), lambda data: prior_quality(data, "image", "images")),
     "priors-denoising": (("priors-images",), denoising),
     "classifiers": (("priors-images",), classifiers),

@@ -15,15 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-Shape = tuple[int, ...]
-
-
-def as_shape(shape: int | Sequence[int], name: str) -> Shape:
-    """Return ``shape`` as a tuple of positive ints, or raise naming ``name``."""
-    shape = (shape,) if isinstance(shape, int) else tuple(int(s) for s in shape)
-    if not shape or any(s <= 0 for s in shape):
-        raise ValueError(f"{name} must be a non-empty tuple of positive ints, got {shape}")
-    return shape
+from .checks import Shape, as_float, as_shape, short
 
 
 def like(t: Tensor, x: Tensor) -> Tensor:
@@ -78,6 +70,12 @@ class Operator:
     def forward(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def validate(self, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> None:
+        """Check the operator once on a probe input of ``dtype`` on ``device``; raises on failure.
+
+        Built-in operators need no check; :class:`Function` checks the user's function.
+        """
+
     def __call__(self, x: Tensor) -> Tensor:
         """Apply the operator.
 
@@ -111,6 +109,10 @@ class Operator:
 class Function(Operator):
     """Any differentiable torch function ``fn(x)`` on batches, with declared shapes.
 
+    Before first use (or when an ``InverseProblem`` is built with it), :meth:`validate` evaluates
+    ``fn`` once on a probe batch and checks that it returns a real floating-point tensor of shape
+    ``(n, *out_shape)`` that autograd can differentiate with respect to ``x``.
+
     Parameters
     ----------
     fn : callable
@@ -130,6 +132,7 @@ class Function(Operator):
             out_shape = self._infer_out_shape(fn, in_shape)
         super().__init__(in_shape, out_shape)
         self.fn = fn
+        self._validated = False
 
     @staticmethod
     def _infer_out_shape(fn: Callable[[Tensor], Tensor], in_shape: Shape) -> Shape:
@@ -142,7 +145,42 @@ class Function(Operator):
                 continue
         raise ValueError("could not infer out_shape by evaluating fn on zeros; pass out_shape")
 
+    def validate(self, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> None:
+        """Check ``fn`` once on a probe batch ``x`` of shape ``(2, *in_shape)`` (seeded normal draws).
+
+        Raises ``TypeError`` unless ``fn(x)`` is a real floating-point tensor and ``ValueError``
+        unless it has shape ``(2, *out_shape)`` and depends differentiably on ``x``.
+        """
+        if self._validated:
+            return
+        name = f"Function fn={getattr(self.fn, '__qualname__', None) or short(self.fn)}"
+        dtype = dtype if dtype.is_floating_point else torch.get_default_dtype()
+        probe = torch.randn(2, *self.in_shape, generator=torch.Generator().manual_seed(0), dtype=dtype)
+        x = probe.to(device).requires_grad_(True)
+        with torch.enable_grad():
+            y = self.fn(x)
+            if not isinstance(y, Tensor):
+                raise TypeError(f"{name}: fn returned {type(y).__name__}, expected a torch.Tensor")
+            if not y.is_floating_point():
+                raise TypeError(
+                    f"{name}: fn returned dtype {y.dtype} on a {dtype} input, expected a real floating-point tensor"
+                )
+            if tuple(y.shape) != (2, *self.out_shape):
+                raise ValueError(
+                    f"{name}: fn returned shape {tuple(y.shape)} on an input of shape {tuple(x.shape)}, "
+                    f"expected (2, *out_shape) = {(2, *self.out_shape)}"
+                )
+            grad = torch.autograd.grad(y.sum(), x, allow_unused=True)[0] if y.requires_grad else None
+        if grad is None:
+            raise ValueError(
+                f"{name}: autograd cannot differentiate fn's output with respect to its input (the output "
+                "is detached from x); write fn with differentiable torch operations (no .detach(), .item() "
+                "or NumPy)"
+            )
+        self._validated = True
+
     def forward(self, x: Tensor) -> Tensor:
+        self.validate(x.dtype, x.device)
         y = self.fn(x)
         if tuple(y.shape) != (x.shape[0], *self.out_shape):
             raise ValueError(f"fn returned shape {tuple(y.shape)}, expected {(x.shape[0], *self.out_shape)}")
@@ -153,12 +191,19 @@ class Composition(Operator):
     """``(A @ B)(x) = A(B(x))``."""
 
     def __init__(self, outer: Operator, inner: Operator):
+        for name, op in (("outer", outer), ("inner", inner)):
+            if not isinstance(op, Operator):
+                raise TypeError(f"{name} must be an operators.Operator, got {type(op).__name__}")
         if inner.out_shape != outer.in_shape:
             raise ValueError(
                 f"cannot compose: inner out_shape {inner.out_shape} != outer in_shape {outer.in_shape}"
             )
         super().__init__(inner.in_shape, outer.out_shape)
         self.outer, self.inner = outer, inner
+
+    def validate(self, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> None:
+        self.inner.validate(dtype, device)
+        self.outer.validate(dtype, device)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.outer.forward(self.inner.forward(x))
@@ -288,9 +333,9 @@ class LinearOperator(Operator):
     def __mul__(self, scalar: float) -> LinearOperator:
         if isinstance(scalar, Tensor) and scalar.numel() == 1:
             scalar = float(scalar)
-        if not isinstance(scalar, int | float):
+        if isinstance(scalar, bool) or not isinstance(scalar, int | float):
             return NotImplemented
-        return Scaled(self, float(scalar))
+        return Scaled(self, scalar)
 
     __rmul__ = __mul__
 
@@ -302,6 +347,8 @@ class Adjoint(LinearOperator):
     """``A^T`` as an operator; its adjoint is ``A`` again."""
 
     def __init__(self, op: LinearOperator):
+        if not isinstance(op, LinearOperator):
+            raise TypeError(f"op must be an operators.LinearOperator, got {type(op).__name__}")
         super().__init__(op.out_shape, op.in_shape)
         self.op = op
 
@@ -327,6 +374,9 @@ class Sum(LinearOperator):
     """``(A + B)(x) = A(x) + B(x)``."""
 
     def __init__(self, a: LinearOperator, b: LinearOperator):
+        for name, op in (("a", a), ("b", b)):
+            if not isinstance(op, LinearOperator):
+                raise TypeError(f"{name} must be an operators.LinearOperator, got {type(op).__name__}")
         if (a.in_shape, a.out_shape) != (b.in_shape, b.out_shape):
             raise ValueError(
                 f"cannot add operators with shapes {a.in_shape}->{a.out_shape} and {b.in_shape}->{b.out_shape}"
@@ -345,8 +395,10 @@ class Scaled(LinearOperator):
     """``(c A)(x) = c A(x)`` for a real scalar ``c``."""
 
     def __init__(self, op: LinearOperator, scale: float):
+        if not isinstance(op, LinearOperator):
+            raise TypeError(f"op must be an operators.LinearOperator, got {type(op).__name__}")
         super().__init__(op.in_shape, op.out_shape)
-        self.op, self.scale = op, float(scale)
+        self.op, self.scale = op, as_float(scale, "scale")
 
     def forward(self, x: Tensor) -> Tensor:
         return self.scale * self.op.forward(x)
@@ -359,6 +411,7 @@ class Identity(LinearOperator):
     """The identity on ``shape`` (denoising problems)."""
 
     def __init__(self, shape: int | Sequence[int]):
+        shape = as_shape(shape, "shape")
         super().__init__(shape, shape)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -384,13 +437,17 @@ class Matrix(LinearOperator):
         Shape of one output, ``prod(out_shape) == m``; defaults to ``(m,)``.
     """
 
+    _cached = ("_svd",)  # filled on use: not part of what the operator is (posterior fingerprints)
+
     def __init__(
         self, matrix: Tensor, in_shape: Sequence[int] | None = None, out_shape: Sequence[int] | None = None
     ):
-        if not isinstance(matrix, Tensor) or matrix.dim() != 2:
-            raise ValueError(f"matrix must be a 2-D tensor, got {getattr(matrix, 'shape', type(matrix))}")
+        if not isinstance(matrix, Tensor):
+            raise TypeError(f"matrix must be a torch.Tensor, got {type(matrix).__name__}")
+        if matrix.dim() != 2 or matrix.numel() == 0:
+            raise ValueError(f"matrix must be a non-empty 2-D tensor (m, d), got shape {tuple(matrix.shape)}")
         if not matrix.is_floating_point():
-            raise TypeError(f"matrix must be floating point, got dtype {matrix.dtype}")
+            raise TypeError(f"matrix must be a real floating-point tensor, got dtype {matrix.dtype}")
         if not torch.isfinite(matrix).all():
             raise ValueError("matrix contains NaN or inf")
         m, d = matrix.shape

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import SVD, LinearOperator, as_shape, binary_mask, check_batch, like
+from .base import SVD, LinearOperator, binary_mask, check_batch, like
+from .checks import as_float, as_int, as_shape, short
 
 _BOUNDARIES = ("circular", "reflect")
 
@@ -57,11 +58,10 @@ class Inpainting(LinearOperator):
             Seeds the ``torch.Generator`` that draws the pixels.
         """
         shape = as_shape(shape, "shape")
-        if not 0.0 < fraction_observed <= 1.0:
-            raise ValueError(f"fraction_observed must be in (0, 1], got {fraction_observed}")
+        fraction_observed = as_float(fraction_observed, "fraction_observed", gt=0, le=1)
         d = math.prod(shape)
         keep = max(1, round(fraction_observed * d))
-        gen = torch.Generator().manual_seed(int(seed))
+        gen = torch.Generator().manual_seed(as_int(seed, "seed"))
         mask = torch.zeros(d, dtype=torch.bool)
         mask[torch.randperm(d, generator=gen)[:keep]] = True
         return cls(mask.reshape(shape))
@@ -81,6 +81,8 @@ class Inpainting(LinearOperator):
         if len(shape) < 2:
             raise ValueError(f"shape must have at least two dimensions (..., H, W), got {shape}")
         H, W = shape[-2:]
+        top, left = as_int(top, "top"), as_int(left, "left")
+        height, width = as_int(height, "height"), as_int(width, "width")
         if height <= 0 or width <= 0 or top < 0 or left < 0 or top + height > H or left + width > W:
             raise ValueError(
                 f"box (top={top}, left={left}, height={height}, width={width}) must be non-empty and "
@@ -139,13 +141,16 @@ class Blur(LinearOperator):
         shape = _image_shape(shape, "shape")
         if boundary not in _BOUNDARIES:
             raise ValueError(f"boundary must be one of {_BOUNDARIES}, got {boundary!r}")
-        if not isinstance(kernel, Tensor) or kernel.dim() != 2:
-            got = getattr(kernel, "shape", type(kernel))
-            raise ValueError(f"kernel must be a 2-D tensor (kh, kw), got {got}")
+        if not isinstance(kernel, Tensor):
+            raise TypeError(f"kernel must be a 2-D torch.Tensor (kh, kw), got {type(kernel).__name__}")
+        if kernel.dim() != 2:
+            raise ValueError(f"kernel must be a 2-D tensor (kh, kw), got shape {tuple(kernel.shape)}")
         if not kernel.is_floating_point():
-            raise ValueError(f"kernel must be floating point, got dtype {kernel.dtype}")
+            raise TypeError(f"kernel must be a real floating-point tensor, got dtype {kernel.dtype}")
         if not torch.isfinite(kernel).all():
-            raise ValueError("kernel contains NaN or inf")
+            raise ValueError(f"kernel contains NaN or inf: {short(kernel)}")
+        if not kernel.any():
+            raise ValueError(f"kernel is all zeros (shape {tuple(kernel.shape)}), expected a non-zero entry")
         C, H, W = shape
         kh, kw = kernel.shape
         if kh > H or kw > W:
@@ -171,12 +176,10 @@ class Blur(LinearOperator):
         ``size`` defaults to ``2 * ceil(3 * std) + 1``, capped at the largest odd size that fits the image.
         """
         C, H, W = _image_shape(shape, "shape")
-        if not std > 0:
-            raise ValueError(f"std must be positive, got {std}")
+        std = as_float(std, "std", gt=0)
         if size is None:
             size = min(2 * math.ceil(3 * std) + 1, (min(H, W) - 1) // 2 * 2 + 1)
-        if size < 1:
-            raise ValueError(f"size must be a positive int, got {size}")
+        size = as_int(size, "size", minimum=1)
         t = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
         g = torch.exp(-0.5 * (t / std) ** 2)
         kernel = torch.outer(g, g)
@@ -185,8 +188,7 @@ class Blur(LinearOperator):
     @classmethod
     def uniform(cls, shape: Sequence[int], size: int, boundary: str = "circular") -> Blur:
         """Box kernel of ``size x size`` pixels, each ``1 / size^2``."""
-        if size < 1:
-            raise ValueError(f"size must be a positive int, got {size}")
+        size = as_int(size, "size", minimum=1)
         return cls(torch.full((size, size), 1.0 / size**2, dtype=torch.float64), shape, boundary)
 
     @classmethod
@@ -200,8 +202,8 @@ class Blur(LinearOperator):
         from the centre, are drawn with bilinear weights: a horizontal motion of integer ``length``
         is a box of ``length`` pixels.
         """
-        if not length >= 1:
-            raise ValueError(f"length must be at least 1 pixel, got {length}")
+        length = as_float(length, "length", ge=1)
+        angle_degrees = as_float(angle_degrees, "angle_degrees")
         half = math.ceil((length - 1) / 2) + 1
         size = 2 * half + 1
         theta = math.radians(angle_degrees)
@@ -302,9 +304,7 @@ class Downsample(LinearOperator):
 
     def __init__(self, shape: Sequence[int], factor: int):
         C, H, W = _image_shape(shape, "shape")
-        if isinstance(factor, bool) or int(factor) != factor or factor < 1:
-            raise ValueError(f"factor must be a positive int, got {factor!r}")
-        factor = int(factor)
+        factor = as_int(factor, "factor", minimum=1)
         if H % factor or W % factor:
             raise ValueError(f"shape {(C, H, W)} has H or W not divisible by factor {factor}")
         super().__init__((C, H, W), (C, H // factor, W // factor))
@@ -366,10 +366,9 @@ class BandlimitedUpsample(LinearOperator):
 
     def __init__(self, shape: Sequence[int], width: int):
         C, H, m = _image_shape(shape, "shape")
-        if isinstance(width, bool) or int(width) != width or width < m:
-            raise ValueError(f"width must be an int >= {m}, got {width!r}")
-        super().__init__((C, H, m), (C, H, int(width)))
-        self.matrix = dct_matrix(m).T @ dct_matrix(int(width))[:m]  # (m, W), P P^T = I
+        width = as_int(width, "width", minimum=m)
+        super().__init__((C, H, m), (C, H, width))
+        self.matrix = dct_matrix(m).T @ dct_matrix(width)[:m]  # (m, W), P P^T = I
 
     def forward(self, x: Tensor) -> Tensor:
         return x @ like(self.matrix, x)

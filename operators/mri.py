@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from .base import LinearOperator, binary_mask, check_batch, like
+from .checks import as_float, as_int, as_shape
 
 
 class MRI(LinearOperator):
@@ -39,13 +40,17 @@ class MRI(LinearOperator):
             raise ValueError(f"mask must be a 2-D k-space mask (H, W), got shape {tuple(mask.shape)}")
         H, W = mask.shape
         if coils is not None:
-            if not isinstance(coils, Tensor) or coils.dim() != 3 or tuple(coils.shape[1:]) != (H, W):
+            if not isinstance(coils, Tensor):
+                raise TypeError(
+                    f"coils must be a torch.Tensor of shape (C, H, W), got {type(coils).__name__}"
+                )
+            if coils.dim() != 3 or coils.shape[0] == 0 or tuple(coils.shape[1:]) != (H, W):
                 raise ValueError(
                     f"coils must be sensitivity maps of shape (C, H, W) = (C, {H}, {W}), "
                     f"got {tuple(getattr(coils, 'shape', ()))}"
                 )
             if not (coils.is_complex() or coils.is_floating_point()):
-                raise ValueError(f"coils must be complex (or floating point), got dtype {coils.dtype}")
+                raise TypeError(f"coils must be complex (or floating point), got dtype {coils.dtype}")
             if not torch.isfinite(torch.view_as_real(coils.to(torch.complex128))).all():
                 raise ValueError("coils contains NaN or inf")
             coils = coils.detach().to(torch.complex128)
@@ -77,20 +82,20 @@ class MRI(LinearOperator):
         Tensor, shape (H, W), bool
             In ``torch.fft.fft2`` layout (apply ``torch.fft.fftshift`` to view it centred).
         """
-        if len(shape) != 2 or min(shape) < 1:
-            raise ValueError(f"shape must be (H, W) with positive sizes, got {tuple(shape)}")
-        if not acceleration >= 1:
-            raise ValueError(f"acceleration must be >= 1, got {acceleration}")
-        if not 0.0 <= center_fraction <= 1.0:
-            raise ValueError(f"center_fraction must be in [0, 1], got {center_fraction}")
-        H, W = (int(s) for s in shape)
+        shape = as_shape(shape, "shape")
+        if len(shape) != 2:
+            raise ValueError(f"shape must be (H, W), got {shape}")
+        acceleration = as_float(acceleration, "acceleration", ge=1)
+        center_fraction = as_float(center_fraction, "center_fraction", ge=0, le=1)
+        seed = as_int(seed, "seed")
+        H, W = shape
         total = max(1, round(W / acceleration))
         num_center = min(round(center_fraction * W), W)
         columns = torch.zeros(W, dtype=torch.bool)  # centred layout: zero frequency at index W // 2
         start = W // 2 - num_center // 2
         columns[start : start + num_center] = True
         rest = (~columns).nonzero().squeeze(1)
-        gen = torch.Generator().manual_seed(int(seed))
+        gen = torch.Generator().manual_seed(seed)
         extra = max(0, total - num_center)
         columns[rest[torch.randperm(rest.numel(), generator=gen)[:extra]]] = True
         return torch.fft.ifftshift(columns, dim=0).expand(H, W).clone()
@@ -154,8 +159,9 @@ def birdcage_maps(
     -------
     Tensor, shape (C, H, W), complex
     """
-    if coils < 1 or H < 1 or W < 1:
-        raise ValueError(f"coils, H and W must be positive, got coils={coils}, H={H}, W={W}")
+    coils, H, W = as_int(coils, "coils", minimum=1), as_int(H, "H", minimum=1), as_int(W, "W", minimum=1)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_complex:
+        raise TypeError(f"dtype must be a complex torch dtype, got {dtype!r}")
     rows, cols = torch.linspace(-1, 1, H, dtype=torch.float64), torch.linspace(-1, 1, W, dtype=torch.float64)
     y, x = torch.meshgrid(-rows, cols, indexing="ij")
     phi = 2 * math.pi * torch.arange(coils, dtype=torch.float64)[:, None, None] / coils

@@ -16,23 +16,7 @@ from torch import Tensor
 from torch.distributions import Laplace, Poisson, StudentT
 
 from operators.base import like
-
-
-def positive_parameter(value: float | Tensor, name: str) -> Tensor:
-    """``value`` as a tensor, checked finite and strictly positive (raises naming ``name``)."""
-    t = (
-        torch.as_tensor(value, dtype=torch.float64)
-        if isinstance(value, int | float)
-        else torch.as_tensor(value)
-    )
-    if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64)):
-        raise TypeError(f"{name} must be a real number or tensor, got dtype {t.dtype}")
-    t = t.to(torch.get_default_dtype()) if not t.is_floating_point() else t
-    if t.numel() == 0 or not bool(torch.isfinite(t).all()) or bool((t <= 0).any()):
-        raise ValueError(
-            f"{name} must be finite and > 0, got {value if t.numel() == 1 else 'a tensor with min ' + str(float(t.min()))}"
-        )
-    return t
+from operators.checks import Shape, as_float, check_broadcast, positive_tensor
 
 
 @contextmanager
@@ -63,7 +47,18 @@ def broadcast_y(y: Tensor, Ax: Tensor) -> Tensor:
 
 
 class NoiseModel:
-    """Base class of measurement noise models (likelihoods)."""
+    """Base class of measurement noise models (likelihoods).
+
+    Subclasses list their tensor parameters in ``tensor_parameters``; each must broadcast to the
+    operator's output shape (checked by :meth:`check_out_shape` when an ``InverseProblem`` is built).
+    """
+
+    tensor_parameters: tuple[str, ...] = ()
+
+    def check_out_shape(self, out_shape: Shape) -> None:
+        """Raise a ``ValueError`` unless every tensor parameter broadcasts to ``out_shape``."""
+        for name in self.tensor_parameters:
+            check_broadcast(getattr(self, name), out_shape, f"noise {type(self).__name__}.{name}")
 
     def log_prob(self, y: Tensor, Ax: Tensor) -> Tensor:
         """Log-likelihood ``log p(y | Ax)``.
@@ -96,8 +91,10 @@ class GaussianNoise(NoiseModel):
         Standard deviation, a scalar or a tensor broadcastable to ``out_shape`` (per element); > 0.
     """
 
+    tensor_parameters = ("sigma",)
+
     def __init__(self, sigma: float | Tensor):
-        self.sigma = positive_parameter(sigma, "sigma")
+        self.sigma = positive_tensor(sigma, "sigma")
 
     def log_prob(self, y: Tensor, Ax: Tensor) -> Tensor:
         sigma = like(self.sigma, Ax)
@@ -130,9 +127,11 @@ class PoissonNoise(NoiseModel):
         observations: ``y`` itself must be non-negative.
     """
 
+    tensor_parameters = ("gain",)
+
     def __init__(self, gain: float = 1.0, min_rate: float = 1e-6):
-        self.gain = positive_parameter(gain, "gain")
-        self.min_rate = float(positive_parameter(min_rate, "min_rate"))
+        self.gain = positive_tensor(gain, "gain")
+        self.min_rate = as_float(min_rate, "min_rate", gt=0)
 
     def rate(self, Ax: Tensor) -> Tensor:
         return (like(self.gain, Ax) * Ax).clamp_min(self.min_rate)
@@ -151,8 +150,10 @@ class PoissonNoise(NoiseModel):
 class LaplaceNoise(NoiseModel):
     """Additive Laplace noise with scale ``b`` (> 0): density ``exp(-|y - Ax| / b) / (2 b)``."""
 
+    tensor_parameters = ("b",)
+
     def __init__(self, b: float | Tensor):
-        self.b = positive_parameter(b, "b")
+        self.b = positive_tensor(b, "b")
 
     def log_prob(self, y: Tensor, Ax: Tensor) -> Tensor:
         return sum_event(Laplace(Ax, like(self.b, Ax), validate_args=False).log_prob(broadcast_y(y, Ax)))
@@ -166,9 +167,11 @@ class LaplaceNoise(NoiseModel):
 class StudentTNoise(NoiseModel):
     """Additive Student-t noise with ``df`` degrees of freedom and ``scale`` (both > 0); heavy tails."""
 
-    def __init__(self, df: float, scale: float | Tensor = 1.0):
-        self.df = positive_parameter(df, "df")
-        self.scale = positive_parameter(scale, "scale")
+    tensor_parameters = ("df", "scale")
+
+    def __init__(self, df: float | Tensor, scale: float | Tensor = 1.0):
+        self.df = positive_tensor(df, "df")
+        self.scale = positive_tensor(scale, "scale")
 
     def log_prob(self, y: Tensor, Ax: Tensor) -> Tensor:
         dist = StudentT(like(self.df, Ax), Ax, like(self.scale, Ax), validate_args=False)
@@ -207,6 +210,10 @@ class PyroLikelihood(NoiseModel):
     def __init__(self, model: Callable[[Tensor], Tensor], site: str = "y"):
         if not callable(model):
             raise TypeError(f"model must be callable, got {type(model).__name__}")
+        if not isinstance(site, str):
+            raise TypeError(
+                f"site must be a str (the observed sample site's name), got {type(site).__name__}"
+            )
         self.model, self.site = model, site
 
     def trace(self, y: Tensor | None, Ax: Tensor):

@@ -8,7 +8,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .base import Operator, as_shape
+from .base import Operator
+from .checks import as_float, as_shape
 
 
 class PhaseRetrieval(Operator):
@@ -34,14 +35,11 @@ class PhaseRetrieval(Operator):
         shape = as_shape(shape, "shape")
         if len(shape) != 3:
             raise ValueError(f"shape must be an image shape (C, H, W), got {shape}")
-        if not oversampling >= 1.0 or not math.isfinite(oversampling):
-            raise ValueError(f"oversampling must be a finite number >= 1, got {oversampling}")
-        if not eps > 0:
-            raise ValueError(f"eps must be > 0 (it keeps the gradient finite at zero magnitude), got {eps}")
+        oversampling, eps = as_float(oversampling, "oversampling", ge=1), as_float(eps, "eps", gt=0)
         C, H, W = shape
         self.padded = (math.ceil(H * oversampling), math.ceil(W * oversampling))
         super().__init__(shape, (C, *self.padded))
-        self.oversampling, self.eps = float(oversampling), float(eps)
+        self.oversampling, self.eps = oversampling, eps
 
     def forward(self, x: Tensor) -> Tensor:
         k = torch.fft.fft2(x, s=self.padded, norm="ortho")  # zero-pads the last two dimensions

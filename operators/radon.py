@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from .base import LinearOperator, check_batch
+from .checks import as_int
 
 
 class Radon(LinearOperator):
@@ -39,19 +40,16 @@ class Radon(LinearOperator):
         Number of detector bins, spaced one pixel apart; defaults to ``size``.
     """
 
+    _cached = ("_cast",)  # filled on use: not part of what the operator is (posterior fingerprints)
+
     def __init__(self, angles: Tensor | Sequence[float], size: int, n_detectors: int | None = None):
         angles = torch.as_tensor(angles, dtype=torch.float64).detach().cpu()
         if angles.dim() != 1 or angles.numel() == 0:
             raise ValueError(f"angles must be a non-empty 1-D sequence, got shape {tuple(angles.shape)}")
         if not torch.isfinite(angles).all():
             raise ValueError("angles contains NaN or inf")
-        if isinstance(size, bool) or int(size) != size or size < 1:
-            raise ValueError(f"size must be a positive int, got {size!r}")
-        size = int(size)
-        n_detectors = size if n_detectors is None else n_detectors
-        if isinstance(n_detectors, bool) or int(n_detectors) != n_detectors or n_detectors < 1:
-            raise ValueError(f"n_detectors must be a positive int, got {n_detectors!r}")
-        n_detectors = int(n_detectors)
+        size = as_int(size, "size", minimum=1)
+        n_detectors = size if n_detectors is None else as_int(n_detectors, "n_detectors", minimum=1)
         super().__init__((1, size, size), (1, angles.numel(), n_detectors))
         self.angles, self.size, self.n_detectors = angles, size, n_detectors
         self.matrix = _radon_matrix(angles, size, n_detectors)  # (A * D, size * size), sparse COO, float64

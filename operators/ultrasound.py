@@ -14,7 +14,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .base import Operator, as_shape
+from .base import Operator
+from .checks import as_float, as_shape
 
 
 def compand(x: Tensor, mu: float = 255.0) -> Tensor:
@@ -55,10 +56,9 @@ class HazeLink(Operator):
 
     def __init__(self, shape: Sequence[int], gamma: float = 1.0, mu: float = 255.0):
         shape = as_shape(shape, "shape")
-        if not gamma > 0 or not mu > 0:
-            raise ValueError(f"gamma and mu must be > 0, got gamma={gamma}, mu={mu}")
+        gamma, mu = as_float(gamma, "gamma", gt=0), as_float(mu, "mu", gt=0)
         super().__init__((2 * shape[0], *shape[1:]), shape)
-        self.gamma, self.mu = float(gamma), float(mu)
+        self.gamma, self.mu = gamma, mu
 
     def forward(self, z: Tensor) -> Tensor:
         tissue, haze = z.clamp(-1.0, 1.0).chunk(2, dim=1)

@@ -35,7 +35,15 @@ figures, ``report.md``, the saved result) with an ArviZ summary. Offline.
     checkpoint_every = 10           # optional: write output/checkpoint.pt every 10 steps (--resume continues)
     max_batch = 256                 # optional: network micro-batches of at most 256 rows
 
-Every key is checked; an unknown or mistyped one is an error that names it (``sampler.stepz``).
+Every key and the type of every value are checked when the file is read, before anything runs; an
+unknown, mistyped or ill-typed one is an error that names it (``sampler.stepz``,
+``sampler.steps: expected an int, got "3"``).
+
+A user error never ends in a traceback: :func:`main` prints one line on stderr and exits with status 2
+for a job that cannot run as written (the file, its fields, the options, the files it names) and 1 for
+a run that started and failed (e.g. a NaN stop); ``--debug`` shows the traceback instead. ``run``,
+``demo`` and ``train`` refuse to write over the results of an earlier run unless ``--overwrite`` (or
+``--resume``) is given, and ``run`` copies the job file into the output folder as ``job.toml``.
 """
 
 from __future__ import annotations
@@ -43,21 +51,33 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
+import json
+import math
+import shutil
 import sys
 import time
 import tomllib
+import typing
 from pathlib import Path
 
 import torch
 
 BENCHMARKS = ("gmm", "cost", "images", "dehazing", "calibration", "priors", "mcmc_digits", "gpu_check")
-SCHEMA = {  # section -> allowed keys (the sampler's own fields are checked against its class)
-    "prior": {"name"},
-    "operator": {"type", "top", "left", "height", "width", "factor", "std"},
-    "noise": {"sigma"},
-    "truth": {"dataset", "index"},
+SCHEMA = {  # section -> key -> type (the sampler's own fields are checked against its class)
+    "prior": {"name": str},
+    "operator": {
+        "type": str,
+        "top": int,
+        "left": int,
+        "height": int,
+        "width": int,
+        "factor": int,
+        "std": float,
+    },
+    "noise": {"sigma": float},
+    "truth": {"dataset": str, "index": int},
     "sampler": None,
-    "run": {"num_samples", "chains", "output", "checkpoint_every", "max_batch"},
+    "run": {"num_samples": int, "chains": int, "output": str, "checkpoint_every": int, "max_batch": int},
 }
 OPERATORS = {
     "inpainting": ({"top", "left", "height", "width"}, lambda ops, s, c: ops.Inpainting.box(s, **c)),
@@ -65,10 +85,39 @@ OPERATORS = {
     "blur": ({"std"}, lambda ops, s, c: ops.Blur.gaussian(s, std=c["std"])),
     "identity": (set(), lambda ops, s, c: ops.Identity(s)),
 }
+EXPECTED = {bool: "true or false", int: "an int", float: "a finite number", str: "a string"}
+JOB = "job.toml"  # the copy of the job file in the output folder
+RUN_FILES = ("report.md", "samples.safetensors", "summary.csv", "checkpoint.pt", JOB, "*.png")
+BAD_JOB = (ValueError, TypeError, KeyError, OSError)  # exit 2: the job cannot run as written
+FAILED_RUN = (ArithmeticError, RuntimeError, MemoryError)  # exit 1: the run started and failed
 
 
 class ConfigError(ValueError):
     """A configuration file that cannot run; the message names the field."""
+
+
+def _show(value) -> str:
+    """``value`` as it would be written in TOML (strings quoted), for messages."""
+    return json.dumps(value) if isinstance(value, str | bool) else repr(value)
+
+
+def _typed(key: str, value, kind: type):
+    """``value`` read from the job as ``kind`` (``SCHEMA``), or a ConfigError naming ``key``; ints are
+    accepted for floats. (The sampler's fields are checked by the sampler itself.)"""
+    if kind is float and isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    if isinstance(value, kind) and (kind is bool or not isinstance(value, bool)) and kind is not float:
+        return value
+    raise ConfigError(f"{key}: expected {EXPECTED[kind]}, got {_show(value)}")
+
+
+def _samplers() -> dict:
+    """The samplers a job may name: the classes of :mod:`posterior.samplers`, less the bases of others."""
+    import posterior as post
+
+    classes = [getattr(post.samplers, name) for name in post.samplers.__all__]
+    classes = [c for c in classes if isinstance(c, type) and issubclass(c, post.samplers.Sampler)]
+    return {c.__name__: c for c in classes if not any(o is not c and issubclass(o, c) for o in classes)}
 
 
 def _held_out(dataset: str, index: int, size: int) -> torch.Tensor:
@@ -77,6 +126,8 @@ def _held_out(dataset: str, index: int, size: int) -> torch.Tensor:
     if dataset == "digits":
         images = data.digits("test", size=size)
     elif dataset == "phantoms":
+        if index < 0:
+            raise ConfigError(f"truth.index: {index} is negative")
         images = data.phantoms(index + 1, size, seed=10_000)
     else:
         raise ConfigError(f"truth.dataset: unknown dataset {dataset!r}; expected 'digits' or 'phantoms'")
@@ -85,45 +136,80 @@ def _held_out(dataset: str, index: int, size: int) -> torch.Tensor:
     return images[index]
 
 
+def _read_job(path: Path) -> dict:
+    """The job file as TOML, or a ConfigError naming the file."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a text file (not UTF-8)") from err
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read it: {err.strerror or err}") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from err
+
+
 def load_config(path: str | Path, device: str = "cpu") -> dict:
-    """Read and validate a run file: the objects to run, or a :class:`ConfigError` naming the field."""
+    """Read and validate a run file: the objects to run, or a :class:`ConfigError` naming the file and field."""
+    config = _read_job(Path(path))
+    try:
+        return _build(config, Path(path), device)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from err
+
+
+def _build(config: dict, path: Path, device: str) -> dict:
     import operators as ops
     import posterior as post
 
-    try:
-        config = tomllib.loads(Path(path).read_text())
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path}: not valid TOML: {err}") from err
     for section, value in config.items():
         if section not in SCHEMA:
             raise ConfigError(f"{section}: unknown section; expected {sorted(SCHEMA)}")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{section}: expected a table [{section}], got {_show(value)}")
         allowed = SCHEMA[section]
-        for key in value if allowed is not None else ():
+        for key in value if allowed is not None else ():  # the sampler's fields: against its class below
             if key not in allowed:
                 raise ConfigError(f"{section}.{key}: unknown field; expected one of {sorted(allowed)}")
+            value[key] = _typed(f"{section}.{key}", value[key], allowed[key])
     for section in ("prior", "operator", "noise", "truth", "sampler"):
         if section not in config:
             raise ConfigError(f"{section}: missing section")
 
-    def field(section: str, key: str, kind, default=None):
+    def field(section: str, key: str, default=None):
         value = config.get(section, {}).get(key, default)
         if value is None:
             raise ConfigError(f"{section}.{key}: missing")
-        if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
-            raise ConfigError(f"{section}.{key}: expected {getattr(kind, '__name__', kind)}, got {value!r}")
         return value
 
     def positive(key: str, default: int) -> int:
-        value = field("run", key, int, default)
+        value = field("run", key, default)
         if value < 0 or value == 0 and key in config.get("run", {}):
             raise ConfigError(f"run.{key}: must be a positive int, got {value}")
         return value
 
-    try:
-        prior = post.priors.pretrained(field("prior", "name", str), device=device)
-    except (ValueError, FileNotFoundError) as err:
+    num_samples, chains = positive("num_samples", 16), positive("chains", 4)
+    sigma = field("noise", "sigma")
+    if not sigma > 0:
+        raise ConfigError(f"noise.sigma: must be > 0, got {sigma}")
+    sampler_config = dict(config["sampler"])
+    name, samplers = sampler_config.pop("name", None), _samplers()
+    if name not in samplers:
+        raise ConfigError(f"sampler.name: unknown sampler {_show(name)}; expected one of {sorted(samplers)}")
+    cls = samplers[name]
+    fields = {f.name for f in dataclasses.fields(cls)}
+    for key in sampler_config:
+        if key not in fields:
+            raise ConfigError(f"sampler.{key}: {name} has no field {key!r}; its fields are {sorted(fields)}")
+    try:  # the sampler checks its fields' types and ranges (posterior.samplers.settings)
+        sampler = cls(**sampler_config)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"sampler: {err}") from err
+
+    try:  # any failure to load the named prior (a bad weight file, a missing one) is about prior.name
+        prior = post.priors.pretrained(field("prior", "name"), device=device)
+    except Exception as err:
         raise ConfigError(f"prior.name: {err}") from err
-    kind = field("operator", "type", str)
+    kind = field("operator", "type")
     if kind not in OPERATORS:
         raise ConfigError(f"operator.type: unknown operator {kind!r}; expected one of {sorted(OPERATORS)}")
     needed, build = OPERATORS[kind]
@@ -134,39 +220,60 @@ def load_config(path: str | Path, device: str = "cpu") -> dict:
         operator = build(ops, prior.event_shape, {k: config["operator"][k] for k in needed})
     except (ValueError, TypeError) as err:
         raise ConfigError(f"operator: {err}") from err
-    sigma = field("noise", "sigma", (int, float))
-    if not sigma > 0:
-        raise ConfigError(f"noise.sigma: must be > 0, got {sigma}")
-    truth = _held_out(field("truth", "dataset", str), field("truth", "index", int, 0), prior.event_shape[-1])
+    truth = _held_out(field("truth", "dataset"), field("truth", "index", 0), prior.event_shape[-1])
     if tuple(truth.shape) != tuple(prior.event_shape):
         raise ConfigError(
             f"truth: an image of shape {tuple(truth.shape)} for a prior of shape {prior.event_shape}"
         )
-    sampler_config = dict(config["sampler"])
-    name = sampler_config.pop("name", None)
-    cls = getattr(post.samplers, str(name), None)
-    if not (isinstance(cls, type) and issubclass(cls, post.samplers.Sampler)):
-        raise ConfigError(f"sampler.name: unknown sampler {name!r}; expected one of {post.samplers.__all__}")
-    fields = {f.name for f in dataclasses.fields(cls)}
-    for key in sampler_config:
-        if key not in fields:
-            raise ConfigError(f"sampler.{key}: {name} has no field {key!r}; its fields are {sorted(fields)}")
-    try:
-        sampler = cls(**sampler_config)
-    except (ValueError, TypeError) as err:
-        raise ConfigError(f"sampler: {err}") from err
     return {
         "prior": prior,
         "operator": operator,
-        "noise": ops.GaussianNoise(float(sigma)),
+        "noise": ops.GaussianNoise(sigma),
         "truth": truth,
         "sampler": sampler,
-        "num_samples": field("run", "num_samples", int, 16),
-        "chains": field("run", "chains", int, 4),
-        "output": Path(field("run", "output", str, f"runs/{Path(path).stem}")),
+        "num_samples": num_samples,
+        "chains": chains,
+        "output": Path(field("run", "output", f"runs/{path.stem}")),
         "checkpoint_every": positive("checkpoint_every", 0),
         "max_batch": positive("max_batch", 0) or None,
     }
+
+
+def _same(a: Path, b: Path | None) -> bool:
+    return b is not None and a.exists() and b.exists() and a.samefile(b)
+
+
+def _claim(
+    directory: Path, patterns: tuple[str, ...], args: argparse.Namespace, job: Path | None = None
+) -> None:
+    """Refuse an output folder that is a file or holds results of an earlier run (files matching
+    ``patterns``, the job file itself aside), unless ``--resume`` continues that run there or
+    ``--overwrite`` is given. For a run report (``RUN_FILES``) ``--overwrite`` removes them first, so
+    that no stale figure or checkpoint survives; ``train`` rewrites its own files."""
+    if directory.exists() and not directory.is_dir():
+        raise ConfigError(f"{directory}: the output folder is a file")
+    earlier = sorted(
+        p.name for pattern in patterns for p in directory.glob(pattern) if p.is_file() and not _same(p, job)
+    )
+    if not earlier or getattr(args, "resume", False):
+        return
+    if not args.overwrite:
+        raise ConfigError(
+            f"{directory} holds the results of an earlier run ({', '.join(earlier)}); "
+            "pass --overwrite to replace them" + (" or --resume to continue it" if "resume" in args else "")
+        )
+    for name in earlier if patterns is RUN_FILES else ():
+        (directory / name).unlink()
+
+
+def _check_resume(directory: Path) -> None:
+    """``--resume``: a checkpoint in ``directory`` that can be read (the sampler checks that it is this run's)."""
+    from posterior.samplers.loop import read_checkpoint
+
+    checkpoint = directory / "checkpoint.pt"
+    if not checkpoint.is_file():
+        raise ConfigError(f"--resume: no checkpoint at {checkpoint} (set run.checkpoint_every to write one)")
+    read_checkpoint(checkpoint, mmap=True)
 
 
 def solve(
@@ -190,8 +297,6 @@ def solve(
     problem = post.InverseProblem(config["operator"], config["noise"], y)
     directory = directory or config["output"]
     checkpoint = directory / "checkpoint.pt"
-    if resume and not checkpoint.exists():
-        raise ConfigError(f"--resume: no checkpoint at {checkpoint} (set run.checkpoint_every to write one)")
     result = config["sampler"].sample(
         problem,
         prior,
@@ -216,16 +321,18 @@ def _demo(args: argparse.Namespace) -> None:
     import posterior as post
 
     start = time.perf_counter()
+    runs = {
+        "afdps": (post.samplers.AFDPS(steps=100), 32, 8),
+        "dps": (post.samplers.DPS(steps=100), 16, 4),
+    }
+    for name in runs:
+        _claim(args.out / name, RUN_FILES, args)
     prior = post.priors.pretrained("digits", device=args.device)
     base = {
         "prior": prior,
         "operator": ops.Inpainting.box(prior.event_shape, 0, 0, 8, 16),  # the upper half hidden
         "noise": ops.GaussianNoise(0.05),
         "truth": _held_out("digits", 3, 16),
-    }
-    runs = {
-        "afdps": (post.samplers.AFDPS(steps=100), 32, 8),
-        "dps": (post.samplers.DPS(steps=100), 16, 4),
     }
     for name, (sampler, num_samples, chains) in runs.items():
         config = dict(base, sampler=sampler, num_samples=num_samples, chains=chains)
@@ -235,18 +342,22 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _run(args: argparse.Namespace) -> None:
-    try:
-        config = load_config(args.config, args.device)
-        path = solve(config, args.seed, args.device, not args.no_progress, args.out, args.resume)
-    except ConfigError as err:
-        sys.exit(f"posterior run: {args.config}: {err}")
+    config = load_config(args.config, args.device)
+    directory = args.out or config["output"]
+    _claim(directory, RUN_FILES, args, job=args.config)
+    if args.resume:
+        _check_resume(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if not _same(directory / JOB, args.config):
+        shutil.copyfile(args.config, directory / JOB)
+    path = solve(config, args.seed, args.device, not args.no_progress, directory, args.resume)
     print(f"report written to {path}")
 
 
 def _benchmark(args: argparse.Namespace) -> None:
     script = Path(__file__).resolve().parents[1] / "benchmarks" / f"{args.name}.py"
     if not script.exists():
-        sys.exit(f"posterior benchmark: {script} not found; benchmarks run from a source checkout")
+        raise ConfigError(f"{script} not found; benchmarks run from a source checkout")
     spec = importlib.util.spec_from_file_location(f"benchmark_{args.name}", script)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses in the script look their module up there
@@ -257,6 +368,8 @@ def _benchmark(args: argparse.Namespace) -> None:
 def _train(args: argparse.Namespace) -> None:
     from posterior.priors.training import train
 
+    parts = (".safetensors", ".ckpt", "-noise.safetensors", "-noise.ckpt")  # what train writes
+    _claim(args.out, tuple(args.name + part for part in parts), args)
     paths = train(
         args.name,
         args.out,
@@ -271,26 +384,83 @@ def _train(args: argparse.Namespace) -> None:
         print(f"{kind} written to {path}")
 
 
+def explain(err: Exception) -> tuple[str, int] | None:
+    """The one line and the exit status that report ``err`` (2: a bad job, 1: a failed run), or None
+    for an error that is not the user's (a bug, shown with its traceback)."""
+    if isinstance(err, FAILED_RUN):
+        status = 1
+    elif isinstance(err, BAD_JOB):
+        status = 2
+    else:
+        return None
+    if isinstance(err, OSError) and err.filename and err.strerror:
+        message = f"{err.filename}: {err.strerror}"
+    elif isinstance(err, KeyError):  # its message is the bare key
+        message = f"missing entry {err}"
+    else:
+        message = str(err) or type(err).__name__
+    return " ".join(message.split()), status
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> typing.NoReturn:  # one line, not the usage
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _count(minimum: int):
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an int >= {minimum}, got {text}")
+        return value
+
+    parse.__name__ = "int"  # argparse names the type in its message for a non-int
+    return parse
+
+
+def _seed(text: str) -> int:
+    value = int(text)
+    if not 0 <= value < 2**64:
+        raise argparse.ArgumentTypeError(f"expected an int in [0, 2**64), got {text}")
+    return value
+
+
+def _check_device(name: str) -> None:
+    try:
+        torch.device(name)
+    except RuntimeError as err:
+        raise ConfigError(f"--device {name}: not a torch device (e.g. cpu, cuda, cuda:1, mps)") from err
+    try:  # a tensor on it: a device that is absent or has no driver fails here, not mid-run
+        torch.zeros(1, device=name)
+    except Exception as err:
+        raise ConfigError(f"--device {name}: not available here ({' '.join(str(err).split())})") from err
+
+
 def main(argv: list[str] | None = None) -> None:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument(
-        "--threads", type=int, default=1, help="torch threads (default 1: fastest on shared CPUs)"
+        "--threads", type=_count(1), default=1, help="torch threads (default 1: fastest on shared CPUs)"
     )
     common.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    common.add_argument("--seed", type=int, default=0)
+    common.add_argument("--seed", type=_seed, default=0)
     common.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser = argparse.ArgumentParser(
-        prog="posterior", description="Posterior sampling with diffusion priors."
+    common.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    written = _Parser(add_help=False)
+    written.add_argument(
+        "--overwrite", action="store_true", help="replace the results of an earlier run in --out"
     )
+    parser = _Parser(prog="posterior", description="Posterior sampling with diffusion priors.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser(
-        "demo", parents=[common], help="box inpainting of a digit by AFDPS and DPS, offline"
+        "demo", parents=[common, written], help="box inpainting of a digit by AFDPS and DPS, offline"
     )
     demo.add_argument("--out", type=Path, default=Path("demo"), help="output folder (default: demo/)")
     demo.set_defaults(run=_demo)
 
-    run = commands.add_parser("run", parents=[common], help="run the problem and sampler of a TOML file")
+    run = commands.add_parser(
+        "run", parents=[common, written], help="run the problem and sampler of a TOML file"
+    )
     run.add_argument(
         "config", type=Path, help="the run file (see `python -c 'import posterior.cli; help(posterior.cli)'`)"
     )
@@ -304,22 +474,33 @@ def main(argv: list[str] | None = None) -> None:
     bench.set_defaults(run=_benchmark)
 
     train = commands.add_parser(
-        "train", parents=[common], help="train a bundled prior and its noise-level classifier"
+        "train", parents=[common, written], help="train a bundled prior and its noise-level classifier"
     )
     train.add_argument("name", help="recipe: digits, phantoms, us-tissue or us-haze")
     train.add_argument("--out", type=Path, default=Path("trained"), help="output folder (default: trained/)")
     train.add_argument(
-        "--steps", type=int, default=None, help="denoiser steps (default: the recipe's; 0 skips)"
+        "--steps", type=_count(0), default=None, help="denoiser steps (default: the recipe's; 0 skips)"
     )
     train.add_argument(
-        "--classifier-steps", type=int, default=None, help="classifier steps (default: the recipe's; 0 skips)"
+        "--classifier-steps",
+        type=_count(0),
+        default=None,
+        help="classifier steps (default: the recipe's; 0 skips)",
     )
     train.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     train.set_defaults(run=_train)
 
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    args.run(args)
+    try:
+        torch.set_num_threads(args.threads)
+        _check_device(args.device)
+        args.run(args)
+    except Exception as err:
+        report = explain(err)
+        if args.debug or report is None:
+            raise
+        print(f"posterior {args.command}: {report[0]}", file=sys.stderr)
+        raise SystemExit(report[1]) from None
 
 
 if __name__ == "__main__":

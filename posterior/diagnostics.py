@@ -87,7 +87,8 @@ def check_measurement(
     :meth:`DiffusionPrior.location_scale` (independent coordinates: a prior with strong correlations
     seen through an averaging operator looks narrower than it is). A fixed seed, no NFE. A measurement
     ``t > PREDICTIVE_FACTOR`` predictive spreads away (per measurement when ``y`` is batched: the
-    largest) warns with :class:`MeasurementWarning`. Returns ``t``."""
+    largest) warns with :class:`MeasurementWarning`, as does a forward model that is not finite on the
+    probes (then ``t`` is NaN). Returns ``t``."""
     y = problem.y if problem.batched else problem.y.unsqueeze(0)
     if hasattr(prior, "posterior"):  # analytic: exact draws carry the correlations
         probes = prior.sample(16, seed=0)
@@ -97,6 +98,16 @@ def check_measurement(
         probes = center + scale * z.to(dtype=center.dtype, device=center.device)
     with torch.no_grad():
         predicted = problem.operator(probes.to(dtype=y.dtype, device=y.device))
+        bad = int((~torch.isfinite(predicted.reshape(16, -1))).any(1).sum())
+        if bad:
+            if warn:
+                warnings.warn(
+                    f"{who}: the forward model returns non-finite values on {bad} of 16 prior draws: the "
+                    "sampler will stop where it meets them; check the operator's domain",
+                    MeasurementWarning,
+                    stacklevel=stacklevel,
+                )
+            return math.nan
         try:
             predicted = problem.noise.sample(predicted, torch.Generator(y.device).manual_seed(1))
         except (ValueError, RuntimeError, NotImplementedError):  # e.g. Poisson rates of negative probes

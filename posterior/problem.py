@@ -21,7 +21,9 @@ class InverseProblem:
     y : Tensor, shape out_shape, or (n, *out_shape) for a batch of ``n`` measurements
         The observation. A single ``y`` is shared by every sample ``x``; a batch pairs ``y[i]`` with
         ``x[i]`` (many problems at once). Validated at construction: shape against
-        ``operator.out_shape``, a floating dtype, finite values, and the noise model's support.
+        ``operator.out_shape``, a floating dtype, finite values, and the noise model's support. The
+        noise model's tensor parameters must broadcast to ``operator.out_shape``, and a user
+        :class:`operators.Function` is checked once on a probe input of ``y``'s dtype and device.
 
     Attributes
     ----------
@@ -41,14 +43,19 @@ class InverseProblem:
         if tuple(y.shape) != operator.out_shape:
             try:
                 check_batch(y, operator.out_shape, "y")
+                if y.shape[0] == 0:
+                    raise ValueError
             except ValueError:
                 raise ValueError(
                     f"y has shape {tuple(y.shape)}, expected operator.out_shape {operator.out_shape} "
-                    f"or (n, *{operator.out_shape})"
+                    f"or (n, *{operator.out_shape}) with n >= 1"
                 ) from None
-        if not bool(torch.isfinite(y).all()):
-            raise ValueError("y contains NaN or inf")
+        bad = int((~torch.isfinite(y)).sum())
+        if bad:
+            raise ValueError(f"y contains NaN or inf ({bad} of {y.numel()} entries); expected finite values")
+        noise.check_out_shape(operator.out_shape)
         noise.check_y(y)
+        operator.validate(y.dtype, y.device)
         self.operator, self.noise, self.y = operator, noise, y
 
     @property

@@ -12,7 +12,21 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from posterior.utils import atomic_write
+from posterior.utils import atomic_write, refuse_to_replace, wrong_field
+
+FORMAT = "posterior.PosteriorSamples/1"
+KINDS = ("samples", "mcmc", "approximate", "variational", "variational-modes")  # what samplers return
+# The JSON fields of a saved result and their types (``verdict`` is None or a Verdict's fields)
+INFO = {
+    "nfe": int,
+    "grad_evals": int,
+    "wall_time": (int, float),
+    "sampler": str,
+    "config": dict,
+    "kind": str,
+    "verdict": (dict, type(None)),
+}
+VERDICT = {"ok": bool, "line": str, "problems": list, "checks": dict}
 
 
 @dataclass
@@ -309,13 +323,19 @@ class PosteriorSamples:
         return tree
 
     # -- persistence ----------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike) -> Path:
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
         """Write to a safetensors file, atomically (a temporary file in the same folder, then rename).
 
         Tensors go in the safetensors payload; the scalars and the config as JSON metadata. Loading
-        never executes code from the file.
+        never executes code from the file. An existing file at ``path`` is replaced if it is a result
+        saved by this method; any other file is refused (``FileExistsError``) unless ``overwrite``.
         """
         from safetensors.torch import save_file
+
+        if not overwrite:
+            refuse_to_replace(
+                path, _is_result, "a saved PosteriorSamples", "pass overwrite=True to replace it"
+            )
 
         tensors = {"samples": self.samples}
         if self.log_weights is not None:
@@ -324,7 +344,7 @@ class PosteriorSamples:
         tensors.update({f"stats.{k}": v for k, v in self.sample_stats.items()})
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         meta = {
-            "format": "posterior.PosteriorSamples/1",
+            "format": FORMAT,
             "info": json.dumps(
                 {
                     "nfe": self.nfe,
@@ -342,32 +362,78 @@ class PosteriorSamples:
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu") -> PosteriorSamples:
-        """Read a file written by :meth:`save`."""
-        from safetensors import safe_open
+        """Read a file written by :meth:`save`.
 
-        with safe_open(str(path), framework="pt", device=str(device)) as f:
-            meta = f.metadata() or {}
-            if meta.get("format") != "posterior.PosteriorSamples/1":
-                raise ValueError(f"{path} is not a file written by PosteriorSamples.save")
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-        info = json.loads(meta["info"])
-        if info.get("verdict") is not None:
-            info["verdict"] = Verdict(**info["verdict"])
+        A file that is not one (truncated, foreign) or whose contents are not a result (a field of
+        :data:`INFO` missing or of another type, ``kind`` not in :data:`KINDS`, negative counts,
+        non-finite samples, NaN or +inf log-weights, per-draw shapes that disagree with the samples,
+        unknown tensors) raises one ``ValueError`` naming the file and what is wrong.
+        """
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), framework="pt", device=str(device)) as f:
+                meta = f.metadata() or {}
+                if meta.get("format") != FORMAT:
+                    raise ValueError(f"{path} is not a file written by PosteriorSamples.save")
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except SafetensorError as err:
+            raise ValueError(f"{path} is not a file written by PosteriorSamples.save: {err}") from err
         trace = {k.removeprefix("trace."): v for k, v in tensors.items() if k.startswith("trace.")}
         stats = {k.removeprefix("stats."): v for k, v in tensors.items() if k.startswith("stats.")}
-        return cls(
-            samples=tensors["samples"],
-            log_weights=tensors.get("log_weights"),
-            trace=trace,
-            sample_stats=stats,
-            **info,
-        )
+        try:
+            info = json.loads(meta.get("info", "null"))
+            wrong = _wrong_content(info, tensors)
+            if wrong is not None:
+                raise ValueError(wrong)
+            if info["verdict"] is not None:
+                info["verdict"] = Verdict(**info["verdict"])
+            samples, log_weights = tensors["samples"], tensors.get("log_weights")
+            return cls(samples, log_weights, trace=trace, sample_stats=stats, **info)  # checks the shapes
+        except ValueError as err:
+            raise ValueError(f"{path} is not a valid saved PosteriorSamples: {err}") from err
 
     def __repr__(self) -> str:
         return (
             f"PosteriorSamples({self.sampler or 'unknown'}: {self.chains} chains x {self.draws} draws of "
             f"{self.event_shape}, kind={self.kind}, nfe={self.nfe}, wall_time={self.wall_time:.2f}s)"
         )
+
+
+def _wrong_content(info, tensors: dict[str, Tensor]) -> str | None:
+    """What is wrong with a saved result's JSON fields and tensors, as a phrase, or None."""
+    if not isinstance(info, dict):
+        return "its 'info' metadata is not a JSON object"
+    wrong = wrong_field(info, INFO) or (info["verdict"] and wrong_field(info["verdict"], VERDICT))
+    if wrong:
+        return wrong
+    unknown = sorted(set(info) - set(INFO)) + sorted(set(info["verdict"] or {}) - set(VERDICT))
+    unknown += [
+        k for k in tensors if k not in ("samples", "log_weights") and not k.startswith(("trace.", "stats."))
+    ]
+    if unknown:
+        return f"unknown fields {unknown}"
+    if info["kind"] not in KINDS:
+        return f"kind is {info['kind']!r}, expected one of {KINDS}"
+    if min(info["nfe"], info["grad_evals"], info["wall_time"]) < 0:
+        return "nfe, grad_evals and wall_time must be >= 0"
+    samples, log_weights = tensors.get("samples"), tensors.get("log_weights")
+    if samples is None or not samples.is_floating_point() or not samples.isfinite().all():
+        return "'samples' is missing or not all finite floating-point numbers"
+    if log_weights is not None and (log_weights.isnan() | (log_weights == torch.inf)).any():
+        return "'log_weights' hold NaN or +inf"
+    return None
+
+
+def _is_result(path: Path) -> bool:
+    """Whether ``path`` is a file written by :meth:`PosteriorSamples.save` (its header says so)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("format") == FORMAT
+    except Exception:  # not a safetensors file, a folder, unreadable
+        return False
 
 
 def agreement(means: Tensor, standard_errors: Tensor) -> Tensor:

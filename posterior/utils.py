@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import numbers
 import os
-import tempfile
+import secrets
+import stat
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
+
+PARTIAL = ".partial"  # the suffix of a file being written by :func:`atomic_write`
 
 
 def make_generator(
@@ -22,9 +26,11 @@ def make_generator(
     if seed is None:
         gen.seed()
     else:
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise TypeError(f"seed must be an int, a torch.Generator or None, got {type(seed).__name__}")
-        gen.manual_seed(seed)
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise TypeError(f"seed must be an int, a torch.Generator or None, got {seed!r} ({type(seed).__name__})")
+        if not 0 <= seed < 2**64:
+            raise ValueError(f"seed must lie in [0, 2**64), got {seed}")
+        gen.manual_seed(int(seed))
     return gen, device
 
 
@@ -36,22 +42,53 @@ def progress_bar(iterable: Iterable, enabled: bool, desc: str):
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it over ``path``.
 
-    Readers never see a half-written file; on error the temporary file is removed.
+    Readers never see a half-written file. The file is created with the process umask (as ``open``
+    would). The temporary file is named ``.<name>.<random>.partial`` and removed on any error or
+    interrupt; only a process killed outright (``SIGKILL``, power loss) mid-write leaves it behind,
+    with ``path`` itself untouched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}{PARTIAL}"
+        try:  # mode 0o666 less the umask, applied by the kernel (mkstemp would force 0o600)
+            fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+            break
+        except FileExistsError:
+            continue
     try:
-        write(tmp)
+        mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        os.close(fd)
+        write(str(tmp))
+        os.chmod(tmp, mode)  # some writers (safetensors) create the file anew, with mode 0o600
         with open(tmp, "rb+") as f:  # on disk before the rename: a power cut leaves the old file
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results and weights are meant to be shared
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def refuse_to_replace(path: str | os.PathLike, ours: Callable[[Path], bool], what: str, advice: str) -> None:
+    """Raise ``FileExistsError`` when ``path`` exists and ``ours(path)`` is false (a file this library
+    did not write as ``what``), so that a write never silently replaces someone else's file."""
+    path = Path(path)
+    if path.exists() and not ours(path):
+        raise FileExistsError(f"{path} exists and is not {what}; {advice}")
+
+
+def wrong_field(fields: dict, expected: dict[str, type | tuple[type, ...]]) -> str | None:
+    """What is wrong with the first of ``expected``'s fields that ``fields`` lacks or holds with another
+    type (a bool is not an int), as a phrase, or None: the check of a file's fields before use."""
+    for name, kind in expected.items():
+        if name not in fields:
+            return f"{name!r} is missing"
+        value = fields[name]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            return f"{name!r} is {type(value).__name__} {str(value)[:40]}, expected {' or '.join(k.__name__ for k in kinds)}"
+    return None
 
 
 def randn(

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from operators.checks import as_float, as_int, as_shape, check_less
 from posterior.priors.base import DiffusionPrior
 from posterior.utils import make_generator
 
@@ -38,6 +39,17 @@ _LOG_2PI = math.log(2 * math.pi)
 
 def _shape_str(shape: Sequence[int]) -> str:
     return str(tuple(int(s) for s in shape))
+
+
+def _real_tensor(value: float | Tensor, name: str, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``value`` as a real tensor of ``dtype`` on ``device``; a ``TypeError`` for bool, complex or text."""
+    try:
+        t = torch.as_tensor(value, device=device)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{name} must be a real number or tensor, got {type(value).__name__}") from None
+    if t.dtype == torch.bool or t.is_complex():
+        raise TypeError(f"{name} must be a real number or tensor, got dtype {t.dtype}")
+    return t.to(dtype)
 
 
 class GaussianMixture(DiffusionPrior):
@@ -69,6 +81,8 @@ class GaussianMixture(DiffusionPrior):
     (see :meth:`to`).
     """
 
+    _cached = ("_location_scale", "_eig")  # filled on use (checkpoint fingerprints skip them)
+
     def __init__(
         self,
         means: Tensor,
@@ -78,11 +92,13 @@ class GaussianMixture(DiffusionPrior):
         sigma_min: float | None = None,
         sigma_max: float | None = None,
     ):
-        if not isinstance(means, Tensor) or not means.is_floating_point() or means.dim() < 2:
+        if not isinstance(means, Tensor):
+            raise TypeError(
+                f"means must be a torch.Tensor of shape (K, *event_shape), got {type(means).__name__}"
+            )
+        if means.dim() < 2 or means.numel() == 0:
             raise ValueError(
-                f"means must be a floating-point tensor of shape (K, *event_shape), got "
-                f"{_shape_str(means.shape) if isinstance(means, Tensor) else type(means).__name__}"
-                + (f" of dtype {means.dtype}" if isinstance(means, Tensor) else "")
+                f"means has shape {_shape_str(means.shape)}, expected (K, *event_shape) with K >= 1"
             )
         if means.dtype not in (torch.float32, torch.float64):
             raise TypeError(f"means has dtype {means.dtype}, expected float32 or float64")
@@ -92,7 +108,7 @@ class GaussianMixture(DiffusionPrior):
         d = math.prod(event_shape)
         dtype, device = means.dtype, means.device
 
-        w = torch.as_tensor(weights, dtype=dtype, device=device)
+        w = _real_tensor(weights, "weights", dtype, device)
         if w.shape != (k,):
             raise ValueError(f"weights has shape {_shape_str(w.shape)}, expected (K,) = ({k},) like means")
         if not bool(torch.isfinite(w).all()) or bool((w <= 0).any()):
@@ -100,7 +116,7 @@ class GaussianMixture(DiffusionPrior):
                 f"weights must be finite and > 0, got {w.tolist() if k <= 10 else f'min {float(w.min())}'}"
             )
 
-        cov = torch.as_tensor(covariances, dtype=dtype, device=device)
+        cov = _real_tensor(covariances, "covariances", dtype, device)
         if cov.dim() == 0:
             cov = cov.expand(k).clone()
         if tuple(cov.shape) == (k, d, d):
@@ -167,12 +183,10 @@ class GaussianMixture(DiffusionPrior):
             d = self._means.shape[1]
             second = (self._means.to(torch.float64) ** 2).sum(1) + self._trace().to(torch.float64)
             sigma_max = 100.0 * (1.0 + math.sqrt(float(second.max()) / d))
-        sigma_min = 1e-3 if sigma_min is None else float(sigma_min)
-        if not 0 < sigma_min < sigma_max:
-            raise ValueError(
-                f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}"
-            )
-        self.sigma_min, self.sigma_max = sigma_min, float(sigma_max)
+        sigma_min = 1e-3 if sigma_min is None else as_float(sigma_min, "sigma_min", gt=0)
+        sigma_max = as_float(sigma_max, "sigma_max", gt=0)
+        check_less(sigma_min, sigma_max, "sigma_min", "sigma_max")
+        self.sigma_min, self.sigma_max = sigma_min, sigma_max
 
     def _trace(self) -> Tensor:
         """``tr Sigma_i``, shape (K,)."""
@@ -383,8 +397,7 @@ class GaussianMixture(DiffusionPrior):
         unknown = set(kwargs) - {"dtype", "device", "progress"}
         if unknown:
             raise TypeError(f"sample() got {sorted(unknown)}, which apply only with steps=...")
-        if not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive int, got {n!r}")
+        n = as_int(n, "n", minimum=1)
         gen, gen_device = make_generator(seed, self.device)
         d = self._means.shape[1]
         comp = torch.multinomial(
@@ -416,8 +429,10 @@ class GaussianMixture(DiffusionPrior):
         ``event_shape`` (see :meth:`DiffusionPrior.location_scale`)."""
         w = self.weights.to(torch.float64)
         means = self._means.to(torch.float64)
-        within = w @ self._eigh()[1].to(torch.float64) if self._kind != "full" else torch.einsum(
-            "k,kii->i", w, self._cov.to(torch.float64)
+        within = (
+            w @ self._eigh()[1].to(torch.float64)
+            if self._kind != "full"
+            else torch.einsum("k,kii->i", w, self._cov.to(torch.float64))
         )
         between = w @ (means - w @ means) ** 2
         std = (within + between).sqrt().reshape(self.event_shape)
@@ -604,9 +619,8 @@ class GaussianMixture(DiffusionPrior):
     # -- benchmark mixtures -----------------------------------------------------------------------
     @staticmethod
     def _benchmark_shape(dim: int, event_shape: Sequence[int] | None) -> tuple[int, ...]:
-        if not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"dim must be a positive int, got {dim!r}")
-        shape = (dim,) if event_shape is None else tuple(int(s) for s in event_shape)
+        dim = as_int(dim, "dim", minimum=1)
+        shape = (dim,) if event_shape is None else as_shape(event_shape, "event_shape")
         if math.prod(shape) != dim:
             raise ValueError(f"event_shape {shape} has {math.prod(shape)} elements, expected dim = {dim}")
         return shape
@@ -638,14 +652,13 @@ class GaussianMixture(DiffusionPrior):
         event_shape : tuple of int, optional
             Shape of one sample (e.g. ``(1, 8, 8)``), ``prod(event_shape) == dim``; default ``(dim,)``.
         """
+        dim = as_int(dim, "dim", minimum=2)
         shape = cls._benchmark_shape(dim, event_shape)
-        if dim < 2:
-            raise ValueError(f"dim must be >= 2 for the grid mixture, got {dim}")
+        num_components = as_int(num_components, "num_components", minimum=1)
         g = math.isqrt(num_components)
-        if num_components < 1 or g * g != num_components:
+        if g * g != num_components:
             raise ValueError(f"num_components must be a perfect square (a g x g grid), got {num_components}")
-        if not std > 0:
-            raise ValueError(f"std must be > 0, got {std}")
+        spacing, std, seed = as_float(spacing, "spacing"), as_float(std, "std", gt=0), as_int(seed, "seed")
         offsets = torch.arange(g, dtype=torch.float64) - (g - 1) / 2
         ca, cb = torch.meshgrid(offsets, offsets, indexing="ij")
         pairs = torch.stack([ca.reshape(-1), cb.reshape(-1)], 1)  # (K, 2)
@@ -690,13 +703,12 @@ class GaussianMixture(DiffusionPrior):
             Shape of one sample, ``prod(event_shape) == dim``; default ``(dim,)``.
         """
         shape = cls._benchmark_shape(dim, event_shape)
-        if num_components < 1:
-            raise ValueError(f"num_components must be >= 1, got {num_components}")
-        if not std > 0:
-            raise ValueError(f"std must be > 0, got {std}")
+        dim, k = as_int(dim, "dim"), as_int(num_components, "num_components", minimum=1)
+        separation, std = as_float(separation, "separation"), as_float(std, "std", gt=0)
+        seed = as_int(seed, "seed")
         if covariance not in ("scalar", "diagonal", "full"):
             raise ValueError(f"covariance must be 'scalar', 'diagonal' or 'full', got {covariance!r}")
-        k, f64 = num_components, torch.float64
+        f64 = torch.float64
         gen = torch.Generator().manual_seed(seed)
         means = separation * torch.randn(k, dim, generator=gen, dtype=f64) / math.sqrt(dim)
         weights = 0.5 + torch.rand(k, generator=gen, dtype=f64)
@@ -739,10 +751,11 @@ class Gaussian(GaussianMixture):
         sigma_min: float | None = None,
         sigma_max: float | None = None,
     ):
-        if not isinstance(mean, Tensor) or mean.dim() < 1:
+        if not isinstance(mean, Tensor):
+            raise TypeError(f"mean must be a torch.Tensor of shape event_shape, got {type(mean).__name__}")
+        if mean.dim() < 1:
             raise ValueError(
-                f"mean must be a tensor of shape event_shape, got "
-                f"{_shape_str(mean.shape) if isinstance(mean, Tensor) else type(mean).__name__}"
+                f"mean must be a tensor of shape event_shape, got shape {_shape_str(mean.shape)}"
             )
         if isinstance(cov, Tensor) and cov.dim() > 0:
             cov = cov[None]

@@ -45,6 +45,8 @@ class DiffusionPrior:
     device: torch.device = torch.device("cpu")  # of the prior's parameters; subclasses set their own
     dtype: torch.dtype = torch.float32
 
+    _cached = ("_location_scale",)  # filled on use (checkpoint fingerprints skip it)
+
     def denoise(self, x: Tensor, sigma: float | Tensor) -> Tensor:
         """Tweedie's denoiser ``E[x0 | x_sigma = x]``.
 

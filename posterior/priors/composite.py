@@ -24,7 +24,13 @@ import torch
 from torch import Tensor
 
 from operators.base import LinearOperator
+from operators.checks import as_int, as_shape
 from posterior.priors.base import DiffusionPrior, sigma_tensor
+
+
+def _check_prior(prior: object, name: str) -> None:
+    if not isinstance(prior, DiffusionPrior):
+        raise TypeError(f"{name} must be a DiffusionPrior, got {type(prior).__name__}")
 
 
 class StackedPrior(DiffusionPrior):
@@ -41,6 +47,8 @@ class StackedPrior(DiffusionPrior):
         priors = list(priors)
         if len(priors) < 1:
             raise ValueError("StackedPrior needs at least one prior")
+        for i, p in enumerate(priors):
+            _check_prior(p, f"priors[{i}]")
         spatial = {tuple(p.event_shape[1:]) for p in priors}
         if len(spatial) != 1 or any(len(p.event_shape) < 1 for p in priors):
             raise ValueError(
@@ -119,13 +127,20 @@ class PatchedPrior(DiffusionPrior):
         overlap: int | Sequence[int] = 8,
         max_batch: int | None = None,
     ):
+        _check_prior(prior, "prior")
         if len(prior.event_shape) != 3:
             raise ValueError(f"the patch prior must have an image event (C, p, q), got {prior.event_shape}")
-        if max_batch is not None and max_batch < 1:
-            raise ValueError(f"max_batch must be >= 1 (or None), got {max_batch}")
+        if max_batch is not None:
+            max_batch = as_int(max_batch, "max_batch", minimum=1)
         C, p, q = prior.event_shape
-        H, W = (int(v) for v in frame)
-        oy, ox = (overlap, overlap) if isinstance(overlap, int) else tuple(overlap)
+        frame = as_shape(frame, "frame")
+        if len(frame) != 2:
+            raise ValueError(f"frame must be (H, W), got {frame}")
+        H, W = frame
+        pair = (overlap, overlap) if not isinstance(overlap, Sequence) else tuple(overlap)
+        if len(pair) != 2:
+            raise ValueError(f"overlap must be an int or a pair of ints, got {overlap!r}")
+        oy, ox = (as_int(v, "overlap", minimum=0) for v in pair)
         self.prior, self.max_batch = prior, max_batch
         self.rows, self.cols = patch_starts(H, p, oy), patch_starts(W, q, ox)
         self.event_shape = (C, H, W)
@@ -183,6 +198,7 @@ class SubspacePrior(DiffusionPrior):
     """
 
     def __init__(self, prior: DiffusionPrior, lift: LinearOperator):
+        _check_prior(prior, "prior")
         if not isinstance(lift, LinearOperator):
             raise TypeError(f"lift must be an operators.LinearOperator, got {type(lift).__name__}")
         if tuple(prior.event_shape) != tuple(lift.in_shape):

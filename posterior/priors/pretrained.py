@@ -26,16 +26,21 @@ denoiser is close to linear (sigma >= 3); see ``docs/priors.md`` for the measure
 MSE, sample distances, classifier accuracy, training times).
 The metadata of each file (:func:`info`) holds its recipe, parameter count and training command;
 :mod:`posterior.priors.training` retrains them.
+
+A weight file is checked from its header before anything is allocated: it must hold at most
+:data:`MAX_NUMBERS` numbers, and :func:`pretrained` builds the network its metadata describes on the
+``meta`` device (no memory) and requires the file's tensor names and shapes to match it exactly.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from operators.imaging import BandlimitedUpsample
 from posterior.priors.composite import PatchedPrior, SubspacePrior
@@ -53,6 +58,7 @@ from posterior.priors.unet import GaussianResidualUNet, UNet
 
 WEIGHTS = Path(__file__).parent / "weights"
 NAMES = ("digits", "phantoms", "us-tissue", "us-haze")
+MAX_NUMBERS = 50_000_000  # parameters and buffers a weight file may hold (the bundled ones: about 1 million)
 
 
 def _resolve(name_or_path: str | os.PathLike, suffix: str) -> Path:
@@ -66,20 +72,70 @@ def _resolve(name_or_path: str | os.PathLike, suffix: str) -> Path:
     return path
 
 
-def _read(path: Path, expected_format: str) -> tuple[dict, dict]:
+def _header(path: Path, expected_format: str) -> tuple[dict, dict[str, tuple[int, ...]]]:
+    """A weight file's metadata and tensor shapes, from its header alone; ``ValueError`` naming the
+    file for one that is not a weight file of ``expected_format`` or holds more than :data:`MAX_NUMBERS`."""
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing; retrain it with `posterior train`")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError) as err:  # not a safetensors file, a folder
+        raise ValueError(f"{path} is not a weight file: {err}") from err
+    try:
+        meta = {k: json.loads(v) for k, v in raw.items()}
+    except ValueError:  # metadata of another program
+        meta = {}
+    if meta.get("format") != expected_format:
+        raise ValueError(f"{path} is not a {expected_format} file")
+    size = sum(math.prod(shape) for shape in shapes.values())
+    if size > MAX_NUMBERS:
+        raise ValueError(f"{path} holds {size:,} numbers, more than a weight file may ({MAX_NUMBERS:,})")
+    return meta, shapes
+
+
+def _read(path: Path, expected_format: str) -> tuple[dict, dict]:
+    meta, _ = _header(path, expected_format)
     with safe_open(str(path), framework="pt") as f:
-        meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
-        if meta.get("format") != expected_format:
-            raise ValueError(f"{path} is not a {expected_format} file")
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    return meta, tensors
+        return meta, {k: f.get_tensor(k) for k in f.keys()}
+
+
+def _network(path: Path, meta: dict, shapes: dict[str, tuple[int, ...]]) -> UNet:
+    """The UNet that ``meta`` describes, on the ``meta`` device (nothing allocated), checked against
+    the file's tensor ``shapes``: metadata that lies about the network is refused before it is built."""
+    try:
+        unet = meta["unet"]
+        if len(unet["widths"]) * unet["blocks"] > len(shapes):  # every block holds tensors of its own
+            raise ValueError(f"{len(unet['widths'])} levels of {unet['blocks']} blocks")
+        with torch.device("meta"):
+            if "gaussian_residual" in unet:
+                net = GaussianResidualUNet(
+                    unet["gaussian_residual"], unet["widths"], unet["blocks"], unet["emb_dim"]
+                )
+            else:
+                net = UNet(unet["channels"], unet["widths"], unet["blocks"], unet["emb_dim"])
+    except Exception as err:  # the metadata is the file's: any failure means it describes no network
+        raise ValueError(f"{path}: its metadata describes no network ({type(err).__name__}: {err})") from err
+    expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    size = sum(math.prod(shape) for shape in expected.values())
+    if size > MAX_NUMBERS:
+        raise ValueError(
+            f"{path}: its metadata describes a network of {size:,} numbers, more than a weight file may "
+            f"hold ({MAX_NUMBERS:,})"
+        )
+    for name in sorted(expected.keys() | shapes.keys()):
+        if expected.get(name) != shapes.get(name):
+            raise ValueError(
+                f"{path}: its metadata describes a network whose {name!r} has shape {expected.get(name)}, "
+                f"the file holds {shapes.get(name)}"
+            )
+    return net
 
 
 def info(name_or_path: str | os.PathLike) -> dict:
     """Metadata of a bundled prior: data recipe, network, training command, quality figures."""
-    return _read(_resolve(name_or_path, ""), FORMAT_PRIOR)[0]
+    return _header(_resolve(name_or_path, ""), FORMAT_PRIOR)[0]
 
 
 def pretrained(
@@ -89,15 +145,14 @@ def pretrained(
     file written by ``posterior train``.
 
     Returns a :class:`NetworkPrior` (EDM preconditioning) in evaluation mode with frozen parameters;
-    gradients still flow to its inputs.
+    gradients still flow to its inputs. A file that is not a prior's weight file, holds more than
+    :data:`MAX_NUMBERS` numbers, or whose tensors do not match the network its metadata describes
+    raises ``ValueError`` naming it, before the network is allocated.
     """
-    meta, tensors = _read(_resolve(name_or_path, ""), FORMAT_PRIOR)
-    unet = meta["unet"]
-    if "gaussian_residual" in unet:
-        net = GaussianResidualUNet(unet["gaussian_residual"], unet["widths"], unet["blocks"], unet["emb_dim"])
-    else:
-        net = UNet(unet["channels"], unet["widths"], unet["blocks"], unet["emb_dim"])
-    net.load_state_dict(tensors)
+    path = _resolve(name_or_path, "")
+    meta, shapes = _header(path, FORMAT_PRIOR)
+    net = _network(path, meta, shapes)
+    net.load_state_dict(_read(path, FORMAT_PRIOR)[1], assign=True)  # the file's tensors replace the meta ones
     net = net.to(device=device, dtype=dtype).eval().requires_grad_(False)
     return build_prior(net, meta)
 

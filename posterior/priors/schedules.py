@@ -19,6 +19,15 @@ import math
 import torch
 from torch import Tensor
 
+from operators.checks import as_bool, as_float, as_int, check_less
+
+
+def _sigma_range(sigma_min: float, sigma_max: float) -> tuple[float, float]:
+    """``(sigma_min, sigma_max)`` as finite floats with ``0 < sigma_min < sigma_max``."""
+    sigma_min, sigma_max = as_float(sigma_min, "sigma_min", gt=0), as_float(sigma_max, "sigma_max", gt=0)
+    check_less(sigma_min, sigma_max, "sigma_min", "sigma_max")
+    return sigma_min, sigma_max
+
 
 class Schedule:
     """Base class; see the module docstring for the contract."""
@@ -63,10 +72,15 @@ class VPSchedule(Schedule):
     ):
         if kind not in ("linear", "cosine"):
             raise ValueError(f"kind must be 'linear' or 'cosine', got {kind!r}")
-        if discrete and num_steps < 2:
-            raise ValueError(f"num_steps must be >= 2, got {num_steps}")
-        if not time_scale > 0:
-            raise ValueError(f"time_scale must be > 0, got {time_scale}")
+        discrete = as_bool(discrete, "discrete")
+        num_steps = as_int(num_steps, "num_steps", minimum=2)
+        time_scale = as_float(time_scale, "time_scale", gt=0)
+        beta_min, beta_max = as_float(beta_min, "beta_min", ge=0), as_float(beta_max, "beta_max", gt=0)
+        if kind == "linear":
+            check_less(beta_min, beta_max, "beta_min", "beta_max")
+            if discrete and beta_max >= num_steps:
+                raise ValueError(f"beta_max / num_steps must be < 1 (a DDPM beta), got beta_max={beta_max:g}")
+        s = as_float(s, "s", ge=0)
         self.kind, self.discrete, self.num_steps, self.time_scale = kind, discrete, num_steps, time_scale
         self.beta_min, self.beta_max, self.s = beta_min, beta_max, s
         if discrete:
@@ -86,11 +100,16 @@ class VPSchedule(Schedule):
             self.sigma_min = math.exp(float(self.log_sigmas[0]))
             self.sigma_max = math.exp(float(self.log_sigmas[-1]))
         else:
-            if not 0 < t_min < t_max <= 1:
-                raise ValueError(f"need 0 < t_min < t_max <= 1, got t_min={t_min}, t_max={t_max}")
+            t_min, t_max = as_float(t_min, "t_min", gt=0), as_float(t_max, "t_max", le=1)
+            check_less(t_min, t_max, "t_min", "t_max")
             self.t_min, self.t_max = t_min, t_max
             self.sigma_min = float(self.sigma_of_t(torch.tensor(t_min * time_scale, dtype=torch.float64)))
             self.sigma_max = float(self.sigma_of_t(torch.tensor(t_max * time_scale, dtype=torch.float64)))
+        if not 0 < self.sigma_min < self.sigma_max < math.inf:
+            raise ValueError(
+                f"the {kind} schedule with these parameters spans sigma from {self.sigma_min:g} to "
+                f"{self.sigma_max:g}, expected 0 < sigma_min < sigma_max < inf"
+            )
 
     @classmethod
     def linear(
@@ -173,13 +192,8 @@ class VESchedule(Schedule):
     or on ``log sigma`` with ``log_conditioning=True``; inputs are not rescaled."""
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, *, log_conditioning: bool = False):
-        if not 0 < sigma_min < sigma_max:
-            raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
-        self.sigma_min, self.sigma_max, self.log_conditioning = (
-            float(sigma_min),
-            float(sigma_max),
-            log_conditioning,
-        )
+        self.sigma_min, self.sigma_max = _sigma_range(sigma_min, sigma_max)
+        self.log_conditioning = as_bool(log_conditioning, "log_conditioning")
 
     def t(self, sigma: Tensor) -> Tensor:
         return torch.log(sigma) if self.log_conditioning else sigma
@@ -193,15 +207,8 @@ class EDMSchedule(Schedule):
     ``c_in = 1 / sqrt(sigma^2 + sigma_data^2)``."""
 
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, sigma_data: float = 0.5):
-        if not 0 < sigma_min < sigma_max:
-            raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
-        if sigma_data <= 0:
-            raise ValueError(f"sigma_data must be > 0, got {sigma_data}")
-        self.sigma_min, self.sigma_max, self.sigma_data = (
-            float(sigma_min),
-            float(sigma_max),
-            float(sigma_data),
-        )
+        self.sigma_min, self.sigma_max = _sigma_range(sigma_min, sigma_max)
+        self.sigma_data = as_float(sigma_data, "sigma_data", gt=0)
 
     def t(self, sigma: Tensor) -> Tensor:
         return torch.log(sigma) / 4

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from posterior.samplers.settings import POSITIVE
 from posterior.samplers.twists import (
     LinearGaussianSVD,
     NoisyTwist,
@@ -73,18 +74,17 @@ class AFDPS(TwistedSampler):
     kernel: str = "ancestral"
     tempering_scale: float | None = None
 
+    limits = {
+        "twist": TWISTS,
+        "proposal": ("auto", "gradient", "optimal"),
+        "kernel": ("ancestral", "ode"),
+        "tempering_scale": POSITIVE,
+    }
+
     def __post_init__(self):
         super().__post_init__()
-        if self.twist not in TWISTS:
-            raise ValueError(f"twist must be one of {TWISTS}, got {self.twist!r}")
-        if self.proposal not in ("auto", "gradient", "optimal"):
-            raise ValueError(f"proposal must be 'auto', 'gradient' or 'optimal', got {self.proposal!r}")
-        if self.kernel not in ("ancestral", "ode"):
-            raise ValueError(f"kernel must be 'ancestral' or 'ode', got {self.kernel!r}")
         if self.proposal == "optimal" and self.twist not in ("auto", "noisy"):
-            raise ValueError("proposal='optimal' needs twist='noisy'")
-        if self.tempering_scale is not None and not self.tempering_scale > 0:
-            raise ValueError(f"tempering_scale must be > 0, got {self.tempering_scale}")
+            raise ValueError("AFDPS: proposal='optimal' needs twist='noisy'")
 
     def setup(self, problem, prior):
         twist = self.twist

@@ -6,16 +6,21 @@ import dataclasses
 import os
 import time
 from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
+from operators.checks import as_int
 from posterior import diagnostics
 from posterior.priors.base import DiffusionPrior
 from posterior.problem import InverseProblem
 from posterior.results import PosteriorSamples
-from posterior.samplers.loop import Loop, fingerprint
+from posterior.samplers.loop import Loop, fingerprint, seed_name
+from posterior.samplers.settings import check_settings
 from posterior.utils import make_generator
+
+DATA_TERM = "the data term (the forward model or the likelihood, or its gradient)"
 
 
 class CountingPrior:
@@ -27,18 +32,22 @@ class CountingPrior:
     """
 
     def __init__(self, prior: DiffusionPrior, max_batch: int | None = None, loop: Loop | None = None):
-        if max_batch is not None and (not isinstance(max_batch, int) or max_batch < 1):
-            raise ValueError(f"max_batch must be a positive int or None, got {max_batch!r}")
+        if max_batch is not None:
+            max_batch = as_int(max_batch, "max_batch", minimum=1)
         self.prior, self.max_batch, self.loop, self.nfe, self.grad_evals = prior, max_batch, loop, 0, 0
 
     def denoise(self, x: Tensor, sigma: float | Tensor) -> Tensor:
         self.nfe += 1
-        return self._checked(self._denoise(x, sigma), sigma)
+        return self._checked(self._denoise(x, sigma), sigma, x)
 
-    def _checked(self, out: Tensor, sigma: float | Tensor) -> Tensor:
+    def _checked(self, out: Tensor, sigma: float | Tensor, x: Tensor, what: str = "the denoiser") -> Tensor:
+        """``out``, or a stop of the run when it is not finite, blaming ``what`` only if ``x`` was finite."""
         # a run split across processes checks its particles globally (a local stop would hang the others)
         if self.loop is not None and self.loop.group is None and not bool(torch.isfinite(out.detach()).all()):
-            self.loop.fail(self.loop.step, sigma, "the denoiser returned non-finite values")
+            if not bool(torch.isfinite(x.detach()).all()):
+                what = "the state before a denoiser call (a likelihood step of the sampler)"
+            hint = "check that the forward model and the likelihood are finite for any x" if what == DATA_TERM else None
+            self.loop.fail(self.loop.step, sigma, f"{what} returned non-finite values", hint)
         return out
 
     def _denoise(self, x: Tensor, sigma: float | Tensor) -> Tensor:
@@ -66,16 +75,16 @@ class CountingPrior:
         with torch.enable_grad():
             if self.max_batch is None or x.shape[0] <= self.max_batch:
                 x = x.detach().requires_grad_(True)
-                x0_hat = self.prior.denoise(x, sigma)
-                self._checked(x0_hat, sigma)
-                value = objective(x0_hat)
+                x0_hat = self._checked(self.prior.denoise(x, sigma), sigma, x)
+                value = self._checked(objective(x0_hat), sigma, x0_hat, DATA_TERM)
                 (grad,) = torch.autograd.grad(value.sum(), x)
-                return x0_hat.detach(), value.detach(), grad
+                return x0_hat.detach(), value.detach(), self._checked(grad, sigma, x0_hat, DATA_TERM)
             with torch.no_grad():
-                x0_hat = self._checked(self._denoise(x, sigma), sigma)
+                x0_hat = self._checked(self._denoise(x, sigma), sigma, x)
             x0_leaf = x0_hat.requires_grad_(True)
-            value = objective(x0_leaf)
+            value = self._checked(objective(x0_leaf), sigma, x0_hat, DATA_TERM)
             (cotangent,) = torch.autograd.grad(value.sum(), x0_leaf)
+            self._checked(cotangent, sigma, x0_hat, DATA_TERM)
             grads = []
             for rows in self._micro_batches(x.shape[0]):
                 xb = x[rows].detach().requires_grad_(True)
@@ -157,6 +166,10 @@ class Sampler:
     kind = "samples"
     shardable = False  # particle samplers can split one run's particles across processes
     divergence_hint = "lower the step size or use more steps"  # what to change when draws diverge
+    limits: ClassVar[dict] = {}  # field -> Range or tuple of choices (posterior.samplers.settings)
+
+    def __post_init__(self):
+        check_settings(self)
 
     def sample(
         self,
@@ -213,10 +226,8 @@ class Sampler:
         PosteriorSamples
             ``samples`` of shape ``(chains, num_samples, *prior.event_shape)``.
         """
-        if not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
-        if not isinstance(chains, int) or chains < 1:
-            raise ValueError(f"chains must be a positive int, got {chains!r}")
+        num_samples = as_int(num_samples, "num_samples", minimum=1)
+        chains = as_int(chains, "chains", minimum=1)
         if not isinstance(problem, InverseProblem):
             raise TypeError(f"problem must be a posterior.InverseProblem, got {type(problem).__name__}")
         if not isinstance(prior, DiffusionPrior):
@@ -249,12 +260,13 @@ class Sampler:
             raise ValueError(f"{type(self).__name__} cannot split a run across processes (group=)")
         diagnostics.check_measurement(problem, prior, type(self).__name__, stacklevel=3)
         generator, _ = make_generator(seed, problem.y.device)
+        seed = seed_name(seed)
         counted = CountingPrior(prior, max_batch)
         counted.loop = loop = Loop(
             type(self).__name__,
             generator,
             counted,
-            lambda: fingerprint(self, problem, prior, num_samples, chains),
+            lambda: fingerprint(self, problem, prior, num_samples, chains, seed),
             progress=progress,
             callback=callback,
             checkpoint=checkpoint,

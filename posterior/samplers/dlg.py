@@ -46,6 +46,7 @@ from posterior.priors.integrators import ancestral_step, heun_step, sigma_grid
 from posterior.problem import InverseProblem
 from posterior.samplers.base import Sampler, one_y_per_chain
 from posterior.samplers.lml import LikelihoodSurrogate, damping_scale, lml_step, per_sample
+from posterior.samplers.settings import NON_NEGATIVE, POSITIVE, at_least
 from posterior.utils import randn
 
 SIGMA_POSTERIORS = ("auto", "exact", "classifier", "flow")
@@ -92,24 +93,39 @@ class DenoisingLangevinGibbs(Sampler):
 
     kind = "mcmc"
 
+    limits = {
+        "levels": at_least(2),
+        "sigma_low": POSITIVE,
+        "sigma_high": POSITIVE,
+        "sigma_posterior": SIGMA_POSTERIORS,
+        "burn_in": NON_NEGATIVE,
+        "thin": at_least(1),
+        "step_size": POSITIVE,
+        "prior_std": NON_NEGATIVE,
+        "gamma": POSITIVE,
+        "init_steps": at_least(1),
+        "ode_steps": at_least(1),
+    }
+
     def __post_init__(self):
-        if self.sigma_posterior not in SIGMA_POSTERIORS:
+        if self.sigma_posterior == "residual":
             raise ValueError(
-                f"sigma_posterior must be one of {SIGMA_POSTERIORS}, got {self.sigma_posterior!r}"
-                + (" ('residual' targeted N(x; D(x, sigma), sigma^2 I), not p_sigma(x); use 'flow')"
-                   if self.sigma_posterior == "residual" else "")
+                "DenoisingLangevinGibbs: sigma_posterior='residual' was removed (it targeted "
+                "N(x; D(x, sigma), sigma^2 I), not p_sigma(x)); use 'flow'"
+            )
+        super().__post_init__()
+        if self.classifier is not None and not callable(self.classifier):
+            raise TypeError(
+                f"DenoisingLangevinGibbs: classifier must be callable (noise_classifier(...)), got {self.classifier!r}"
             )
         if self.sigma_posterior == "classifier" and self.classifier is None:
-            raise ValueError("sigma_posterior='classifier' needs classifier=noise_classifier(...)")
-        if not 0 < self.sigma_low < self.sigma_high:
-            raise ValueError(f"need 0 < sigma_low < sigma_high, got {self.sigma_low}, {self.sigma_high}")
-        for name in ("levels", "thin", "init_steps", "ode_steps"):
-            if getattr(self, name) < (2 if name == "levels" else 1):
-                raise ValueError(f"{name} is too small: {getattr(self, name)}")
-        if self.prior_std is not None and not self.prior_std >= 0:
-            raise ValueError(f"prior_std must be >= 0 or None, got {self.prior_std}")
-        if self.burn_in < 0 or not self.step_size > 0:
-            raise ValueError("burn_in must be >= 0 and step_size > 0")
+            raise ValueError(
+                "DenoisingLangevinGibbs: sigma_posterior='classifier' needs classifier=noise_classifier(...)"
+            )
+        if not self.sigma_low < self.sigma_high:
+            raise ValueError(
+                f"DenoisingLangevinGibbs: need sigma_low < sigma_high, got {self.sigma_low}, {self.sigma_high}"
+            )
 
     def mode(self, prior) -> str:
         if self.sigma_posterior != "auto":

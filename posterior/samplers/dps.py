@@ -36,6 +36,7 @@ import torch
 from posterior.priors.integrators import ancestral_step, sigma_grid
 from posterior.samplers.base import Sampler, tweedie_guidance
 from posterior.samplers.lml import LikelihoodSurrogate, damping_scale, lml_correct
+from posterior.samplers.settings import NON_NEGATIVE, POSITIVE, RHO, at_least
 from posterior.utils import randn
 
 
@@ -71,17 +72,14 @@ class DPS(Sampler):
     kind = "approximate"
     divergence_hint = 'lower step_size (zeta), use more steps, or guidance="residual"'
 
-    def __post_init__(self):
-        if self.guidance not in ("residual", "likelihood"):
-            raise ValueError(f"guidance must be 'residual' or 'likelihood', got {self.guidance!r}")
-        if self.steps < 2:
-            raise ValueError(f"steps must be >= 2, got {self.steps}")
-        if not self.step_size > 0:
-            raise ValueError(f"step_size must be > 0, got {self.step_size}")
-        if not self.rho > 0:
-            raise ValueError(f"rho must be > 0, got {self.rho}")
-        if self.corrector_steps < 0 or not self.corrector_step_size > 0:
-            raise ValueError("corrector_steps must be >= 0 and corrector_step_size > 0")
+    limits = {
+        "steps": at_least(2),
+        "step_size": POSITIVE,
+        "guidance": ("residual", "likelihood"),
+        "rho": RHO,
+        "corrector_steps": NON_NEGATIVE,
+        "corrector_step_size": POSITIVE,
+    }
 
     def run(self, problem, prior, chains, num_samples, generator, loop):
         x_shape = (chains * num_samples, *prior.event_shape)

@@ -45,6 +45,7 @@ from torch import Tensor
 from operators.noise import GaussianNoise
 from posterior.priors.integrators import ancestral_step, sigma_grid
 from posterior.samplers.base import Sampler, tweedie_guidance
+from posterior.samplers.settings import NON_NEGATIVE, POSITIVE, RHO, at_least
 from posterior.utils import randn
 
 GUIDANCE = ("projection", "dps", "pigdm")
@@ -79,16 +80,14 @@ class JointPosterior(Sampler):
 
     kind = "approximate"
 
-    def __post_init__(self):
-        if self.guidance not in GUIDANCE:
-            raise ValueError(f"guidance must be one of {GUIDANCE}, got {self.guidance!r}")
-        if self.steps < 2:
-            raise ValueError(f"steps must be >= 2, got {self.steps}")
-        sizes = self.step_size if isinstance(self.step_size, tuple | list) else (self.step_size,)
-        if not all(s >= 0 for s in sizes):
-            raise ValueError(f"step sizes must be >= 0, got {self.step_size}")
-        if self.sigma_start is not None and not self.sigma_start > 0:
-            raise ValueError(f"sigma_start must be > 0, got {self.sigma_start}")
+    limits = {
+        "steps": at_least(2),
+        "guidance": GUIDANCE,
+        "step_size": NON_NEGATIVE,
+        "sigma_start": POSITIVE,
+        "sigma_data": POSITIVE,
+        "rho": RHO,
+    }
 
     def scales(self, prior, dtype, device) -> Tensor:
         """``Lambda`` as a tensor ``(sum C_s, 1, ..., 1)`` over the stacked channels."""

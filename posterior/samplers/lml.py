@@ -50,6 +50,7 @@ from torch import Tensor
 
 from posterior.priors.integrators import ancestral_step, sigma_grid
 from posterior.samplers.base import Sampler, tweedie_guidance
+from posterior.samplers.settings import NON_NEGATIVE, POSITIVE, RHO, Range, at_least
 from posterior.samplers.twists import LinearGaussianSVD, default_tempering_scale, tempering
 from posterior.utils import randn
 
@@ -213,7 +214,7 @@ class LikelihoodSurrogate:
         try:
             return cls(LinearGaussianSVD.of(problem, who), None, gamma)
         except ValueError:
-            return cls(None, default_tempering_scale(problem, prior, None), gamma)
+            return cls(None, default_tempering_scale(problem, prior, None, who), gamma)
 
     def variance(self, sigma: Tensor) -> Tensor:
         """``tau_j^2 + gamma sigma^2``, shape ``(r,)`` or ``(n, r)``."""
@@ -284,18 +285,15 @@ class LevenbergMarquardtLangevin(Sampler):
 
     kind = "approximate"
 
-    def __post_init__(self):
-        if self.steps < 2:
-            raise ValueError(f"steps must be >= 2, got {self.steps}")
-        if self.corrector_steps < 0:
-            raise ValueError(f"corrector_steps must be >= 0, got {self.corrector_steps}")
-        for name in ("step_size", "gamma", "rho"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if self.prior_std is not None and not self.prior_std >= 0:
-            raise ValueError(f"prior_std must be >= 0 or None, got {self.prior_std}")
-        if not 0 <= self.kappa < 1:
-            raise ValueError(f"kappa must lie in [0, 1), got {self.kappa}")
+    limits = {
+        "steps": at_least(2),
+        "corrector_steps": NON_NEGATIVE,
+        "step_size": POSITIVE,
+        "prior_std": NON_NEGATIVE,
+        "gamma": POSITIVE,
+        "kappa": Range(0.0, 1.0, open_high=True),
+        "rho": RHO,
+    }
 
     def run(self, problem, prior, chains, num_samples, generator, loop):
         dtype, device = problem.y.dtype, problem.y.device

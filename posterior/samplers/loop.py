@@ -21,18 +21,31 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pickle
 import tempfile
+import types
+import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy
 import torch
 from torch import Tensor
 
+from operators.checks import as_int
 from posterior.diagnostics import RANGE_FACTOR, out_of_range
-from posterior.utils import atomic_write
+from posterior.utils import atomic_write, refuse_to_replace, wrong_field
 
 FORMAT = 1
+# A checkpoint's fields and their types, checked before any is used
+FIELDS = {
+    "format": int,
+    "step": int,
+    "state": dict,
+    "rng": Tensor,
+    "nfe": int,
+    "grad_evals": int,
+    "fingerprint": dict,
+}
 
 
 class Loop:
@@ -47,13 +60,14 @@ class Loop:
     counters : object with ``nfe`` and ``grad_evals``
         The counting prior; its counters are saved and restored.
     fingerprint : callable returning a dict
-        What a checkpoint must match to be resumed (sampler, configuration, sizes, measurement);
-        only computed when a checkpoint is written or read.
+        What a checkpoint must match to be resumed (:func:`fingerprint`); computed at the start when
+        ``checkpoint`` or ``resume`` is given, else only if a failed run saves its state.
     progress : bool
     callback : callable, optional
         ``callback(step, state)`` after every step.
     checkpoint : path, optional
-        Where to write the state every ``checkpoint_every`` steps (and the last good state on failure).
+        Where to write the state every ``checkpoint_every`` steps (and the last good state on failure);
+        an existing file there that is not a posterior checkpoint is refused (``FileExistsError``).
     checkpoint_every : int
     resume : path, optional
         A checkpoint to continue from.
@@ -75,8 +89,7 @@ class Loop:
         resume: str | os.PathLike | None = None,
         group=None,
     ):
-        if not isinstance(checkpoint_every, int) or checkpoint_every < 1:
-            raise ValueError(f"checkpoint_every must be a positive int, got {checkpoint_every!r}")
+        checkpoint_every = as_int(checkpoint_every, "checkpoint_every", minimum=1)
         if group is not None and (checkpoint is not None or resume is not None):
             raise ValueError("checkpoints of a run split across processes (group=) are not supported")
         self.name, self.generator, self.counters = name, generator, counters
@@ -88,6 +101,11 @@ class Loop:
         self.last_good: dict | None = None
         self.bounds: tuple[Tensor, float] | None = None  # the prior's (mean, scale) for the range check
         self.departure: tuple[int, float] | None = None  # (step, sigma) where check[0] first left it
+        if checkpoint is not None or resume is not None:  # before the run changes any cache
+            self._fingerprint = fingerprint()
+        self.written: set[Path] = set()  # files this loop wrote (replaced without a check)
+        if self.checkpoint is not None:  # at the door, not after the first steps
+            self.refuse_foreign(self.checkpoint)
 
     # -- the sampler's side ------------------------------------------------------------------------
     def resume(
@@ -144,20 +162,26 @@ class Loop:
             self.save(self.checkpoint, self.last_good)
 
     def fail(self, step: int, sigma: float | Tensor, what: str, hint: str | None = None):
-        """Save the last good state and raise ``FloatingPointError`` naming the sampler, step and sigma."""
+        """Save the last good state and raise ``FloatingPointError`` naming the sampler, step, sigma and
+        the file that holds the state: the checkpoint path, or without one :meth:`last_good_path`
+        (one file per sampler in the temporary folder, replaced by its next failure)."""
         self.close()
         where = ""
         if self.last_good is not None and self.group is None:
-            path = self.checkpoint
-            if path is None:
-                fd, name = tempfile.mkstemp(prefix=f"posterior-{self.name}-", suffix=".pt")
-                os.close(fd)
-                path = Path(name)
-            self.save(path, self.last_good)
-            where = f" The last good state (step {self.step}) is saved in {path}"
+            path = self.checkpoint or self.last_good_path()
+            try:
+                self.save(path, self.last_good)
+                where = f" The last good state (step {self.step}) is saved in {path}"
+            except OSError as err:  # a read-only folder, a file that is not a checkpoint
+                where = f" The last good state could not be saved: {err}"
         hint = hint or "lower the step size or check the prior and the likelihood"
         sigma = float(torch.as_tensor(sigma).max())
         raise FloatingPointError(f"{self.name}: {what} at step {step} (sigma={sigma:.4g}); {hint}.{where}")
+
+    def last_good_path(self) -> Path:
+        """Where a run without ``checkpoint=`` saves its last good state when it fails:
+        ``posterior-<sampler>-last-good.pt`` in :func:`tempfile.gettempdir` (``$TMPDIR``)."""
+        return Path(tempfile.gettempdir()) / f"posterior-{self.name}-last-good.pt"
 
     @property
     def step(self) -> int:
@@ -187,43 +211,166 @@ class Loop:
         }
 
     def save(self, path: Path, snapshot: dict) -> None:
+        """Write ``snapshot`` to ``path`` atomically; the first write refuses a file that is not a checkpoint."""
+        if path not in self.written:
+            self.refuse_foreign(path)
         atomic_write(path, lambda tmp: torch.save({**snapshot, "fingerprint": self.fingerprint}, tmp))
+        self.written.add(path)
+
+    def refuse_foreign(self, path: Path) -> None:
+        """Raise ``FileExistsError`` if ``path`` exists and is not a posterior checkpoint."""
+
+        def is_checkpoint(path: Path) -> bool:
+            try:
+                read_checkpoint(path, mmap=True)  # the tensors stay on disk
+            except (ValueError, OSError):
+                return False
+            return True
+
+        refuse_to_replace(path, is_checkpoint, "a posterior checkpoint", "remove it or choose another path")
 
     def load(self, path: str | os.PathLike) -> tuple[int, dict]:
         """The step and state of a checkpoint (tensors on the devices they were saved from; the
-        fingerprint requires the same device), with the generator and the counters restored."""
+        fingerprint requires the same device), with the generator and the counters restored.
+        A truncated, foreign or tampered file, or one of another run, raises one ``ValueError`` naming it."""
+        saved = read_checkpoint(path)
+        differs = mismatch(saved["fingerprint"], self.fingerprint)
+        if differs:
+            raise ValueError(f"{path} was written by a different run: {differs}")
         try:
-            saved = torch.load(path, weights_only=True)
-        except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
-            raise ValueError(f"{path} is not a posterior checkpoint: {err}") from err
-        if not isinstance(saved, dict) or saved.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a posterior checkpoint (format {FORMAT})")
-        differ = [k for k in self.fingerprint if saved["fingerprint"].get(k) != self.fingerprint[k]]
-        if differ:
+            self.generator.set_state(saved["rng"].cpu())
+        except (RuntimeError, TypeError) as err:
             raise ValueError(
-                f"{path} was written by a different run: {', '.join(differ)} differ; resume with the "
-                "same sampler, configuration, problem, num_samples and chains"
-            )
-        self.generator.set_state(saved["rng"].cpu())
+                f"{path} is not a usable posterior checkpoint: 'rng' is no generator state"
+            ) from err
         self.counters.nfe, self.counters.grad_evals = saved["nfe"], saved["grad_evals"]
         return saved["step"], saved["state"]
 
 
-def fingerprint(sampler, problem, prior, num_samples: int, chains: int) -> dict:
-    """What a checkpoint must match: the sampler and its configuration (its plain-data fields), the
-    operator's, noise model's and prior's types, the sizes, dtype, device and the measurement's bytes."""
-    config = {k: v for k, v in vars(sampler).items() if _plain(v)}
-    y = problem.y.detach().cpu().contiguous().reshape(-1)
+def read_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict:
+    """The fields of a checkpoint file, read with ``torch.load(weights_only=True)`` (no code runs);
+    ``ValueError`` naming the file for one that is truncated, foreign or lacks a field of :data:`FIELDS`."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path} does not exist or is not a file")
+    try:  # a torch.save file is a zip archive; truncating it loses the archive's directory at its end
+        saved = torch.load(path, weights_only=True, mmap=mmap) if zipfile.is_zipfile(path) else None
+    except Exception as err:  # damaged archives raise RuntimeError, KeyError, OSError, UnpicklingError...
+        reason = str(err).split("\n", 1)[0][:120] or type(err).__name__
+        raise ValueError(f"{path} is not a posterior checkpoint: {reason}") from err
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path} is not a posterior checkpoint: truncated, or not written by a sampler")
+    wrong = wrong_field(saved, FIELDS)
+    if wrong is None and saved["format"] != FORMAT:
+        wrong = f"format {saved['format']}, expected {FORMAT}"
+    elif wrong is None and saved["step"] < 0:
+        wrong = f"'step' is {saved['step']}"
+    if wrong is not None:
+        raise ValueError(f"{path} is not a usable posterior checkpoint: {wrong}")
+    return saved
+
+
+def fingerprint(sampler, problem, prior, num_samples: int, chains: int, seed: str) -> dict:
+    """What identifies a run, field by field, in the order a mismatch is reported: the sampler and its
+    full configuration, the sizes, the seed (:func:`seed_name`), dtype and device, then digests of the
+    operator, the noise model, the prior (their tensors, numbers and types, see :func:`digest`) and ``y``."""
+    config = {k: v if _plain(v) else digest(v) for k, v in vars(sampler).items()}
     return {
         "sampler": type(sampler).__name__,
-        "config": json.dumps(config, sort_keys=True),
-        "model": f"{type(problem.operator).__name__}, {type(problem.noise).__name__}, {type(prior).__name__}",
+        "config": json.dumps(config),  # in field order: a mismatch names the first field
         "num_samples": num_samples,
         "chains": chains,
-        "dtype": str(y.dtype),
+        "seed": seed,
+        "dtype": str(problem.y.dtype),
         "device": str(problem.y.device),
-        "y": hashlib.sha256(y.view(torch.uint8).numpy().tobytes()).hexdigest(),
+        "operator": digest(problem.operator),
+        "noise": digest(problem.noise),
+        "prior": digest(prior),
+        "y": digest(problem.y),
     }
+
+
+def mismatch(saved: dict, current: dict) -> str | None:
+    """The first field in which a checkpoint's fingerprint differs from this run's, as a phrase, or None."""
+    for field, value in current.items():
+        if saved.get(field) == value:
+            continue
+        if field == "config" and isinstance(saved.get(field), str):
+            old, new = json.loads(saved[field]), json.loads(value)
+            for key in new:
+                if old.get(key) != new[key]:
+                    return f"its setting {key} is {old.get(key)!r}, this run's is {new[key]!r}"
+        if field in ("operator", "noise", "prior", "y", "config") or field not in saved:
+            return f"its {field} differs from this run's"
+        return f"its {field} is {saved[field]}, this run's is {value}"
+    return None
+
+
+def seed_name(seed: int | torch.Generator | None) -> str:
+    """The seed as a fingerprint field: the int, ``"random"`` for None (a checkpoint restores the
+    generator), or a digest of a given generator's state at the start of the run."""
+    if seed is None:
+        return "random"
+    if isinstance(seed, torch.Generator):
+        return "generator " + digest(seed.get_state())[:16]
+    return str(int(seed))
+
+
+def digest(obj) -> str:
+    """A SHA-256 of what an object is made of: its type and, recursively, its attributes (except the
+    caches its class names in ``_cached``; for a ``torch.nn.Module``, its ``state_dict`` and public
+    attributes), tensors' dtypes, shapes and bytes, numbers, strings, containers and functions (their
+    code, constants and closures)."""
+    h = hashlib.sha256()
+    _feed(h, obj, set())
+    return h.hexdigest()
+
+
+def _feed(h, obj, seen: set) -> None:
+    def put(*parts):
+        for part in parts:
+            h.update(part if isinstance(part, bytes) else str(part).encode() + b"\0")
+
+    if obj is None or isinstance(obj, bool | int | float | complex | str | torch.dtype | torch.device):
+        return put(type(obj).__name__, repr(obj))
+    if isinstance(obj, Tensor):
+        t = obj.detach().cpu()
+        if t.is_sparse:
+            t = t.coalesce()
+            put("sparse", tuple(t.shape))
+            _feed(h, t.indices(), seen)
+            return _feed(h, t.values(), seen)
+        t = t.contiguous().reshape(-1)
+        return put("tensor", obj.dtype, tuple(obj.shape), t.view(torch.uint8).numpy().tobytes())
+    if isinstance(obj, numpy.ndarray | numpy.generic):
+        return put("array", obj.dtype, obj.shape, numpy.ascontiguousarray(obj).tobytes())
+    if id(obj) in seen:
+        return put("cycle")
+    seen.add(id(obj))
+    if isinstance(obj, list | tuple):
+        put(type(obj).__name__, len(obj))
+        for item in obj:
+            _feed(h, item, seen)
+    elif isinstance(obj, dict):
+        put("dict", len(obj))
+        for key in sorted(obj, key=repr):
+            _feed(h, key, seen)
+            _feed(h, obj[key], seen)
+    elif isinstance(obj, types.MethodType):
+        _feed(h, obj.__func__, seen)
+        _feed(h, obj.__self__, seen)
+    elif isinstance(obj, types.FunctionType):
+        code = obj.__code__
+        put("function", obj.__module__, obj.__qualname__, code.co_code)
+        _feed(h, [c for c in code.co_consts if not isinstance(c, types.CodeType)], seen)
+        _feed(h, [cell.cell_contents for cell in obj.__closure__ or ()], seen)
+        _feed(h, obj.__defaults__, seen)
+    else:
+        put(type(obj).__module__, type(obj).__qualname__)
+        attributes = {k: v for k, v in getattr(obj, "__dict__", {}).items() if k not in getattr(obj, "_cached", ())}
+        if isinstance(obj, torch.nn.Module):  # its tensors, and what else its owner set on it
+            attributes = {k: v for k, v in attributes.items() if not k.startswith("_") and k != "training"}
+            attributes["state_dict"] = dict(obj.state_dict())
+        _feed(h, attributes, seen)
 
 
 def _plain(value) -> bool:

@@ -55,6 +55,7 @@ import torch
 from operators import GaussianNoise, LinearOperator
 from posterior.diagnostics import rms
 from posterior.samplers.base import Sampler, one_y_per_chain
+from posterior.samplers.settings import NON_NEGATIVE, POSITIVE, Range, at_least
 from posterior.utils import randn
 
 WEIGHTINGS = {
@@ -133,26 +134,25 @@ class RedDiff(Sampler):
     init: str = "prior-mean"
     beta: str = "lagged"
 
+    limits = {
+        "steps": at_least(1),
+        "mode": ("point", "gaussian"),
+        "lam": POSITIVE,
+        "weighting": tuple(sorted(WEIGHTINGS)),
+        "lr": POSITIVE,
+        "sigma_min": POSITIVE,
+        "sigma_max": POSITIVE,
+        "tail_fraction": Range(0.0, 1.0, open_high=True),
+        "init_std": POSITIVE,
+        "init_noise": NON_NEGATIVE,
+        "init": ("pinv", "adjoint", "prior-mean", "zeros"),
+        "beta": ("lagged", "one"),
+    }
+
     def __post_init__(self):
-        if self.init not in ("pinv", "adjoint", "prior-mean", "zeros"):
-            raise ValueError(f"init must be 'pinv', 'adjoint', 'prior-mean' or 'zeros', got {self.init!r}")
-        if self.mode not in ("point", "gaussian"):
-            raise ValueError(f"mode must be 'point' or 'gaussian', got {self.mode!r}")
-        if self.weighting not in WEIGHTINGS:
-            raise ValueError(f"weighting must be one of {sorted(WEIGHTINGS)}, got {self.weighting!r}")
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if not 0 <= self.tail_fraction < 1:
-            raise ValueError(f"tail_fraction must lie in [0, 1), got {self.tail_fraction}")
-        for name in ("lam", "lr", "sigma_min", "init_std"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        super().__post_init__()
         if self.sigma_max is not None and not self.sigma_max > self.sigma_min:
-            raise ValueError(f"sigma_max must be > sigma_min = {self.sigma_min}, got {self.sigma_max}")
-        if self.init_noise < 0:
-            raise ValueError(f"init_noise must be >= 0, got {self.init_noise}")
-        if self.beta not in ("lagged", "one"):
-            raise ValueError(f"beta must be 'lagged' or 'one', got {self.beta!r}")
+            raise ValueError(f"RedDiff: sigma_max must be > sigma_min = {self.sigma_min}, got {self.sigma_max}")
 
     @property
     def kind(self) -> str:

@@ -35,6 +35,7 @@ from torch import Tensor
 
 from posterior.priors.integrators import sigma_grid
 from posterior.samplers.base import Sampler, one_y_per_chain
+from posterior.samplers.settings import FRACTION, NON_NEGATIVE, RHO, at_least
 from posterior.samplers.shards import Shards
 from posterior.utils import randn
 
@@ -137,18 +138,13 @@ class ParticleSampler(Sampler):
 
     kind = "samples"
     shardable = True
-
-    def __post_init__(self):
-        if self.steps < 2:
-            raise ValueError(f"steps must be >= 2, got {self.steps}")
-        if not self.rho > 0:
-            raise ValueError(f"rho must be > 0, got {self.rho}")
-        if self.resampling not in RESAMPLING:
-            raise ValueError(f"resampling must be one of {RESAMPLING}, got {self.resampling!r}")
-        if not 0 <= self.ess_threshold <= 1:
-            raise ValueError(f"ess_threshold must lie in [0, 1], got {self.ess_threshold}")
-        if self.max_bisections < 0:
-            raise ValueError(f"max_bisections must be >= 0, got {self.max_bisections}")
+    limits = {
+        "steps": at_least(2),
+        "rho": RHO,
+        "resampling": RESAMPLING,
+        "ess_threshold": FRACTION,
+        "max_bisections": NON_NEGATIVE,
+    }
 
     # -- the hooks of a particle sampler ---------------------------------------------------------
     def setup(self, problem, prior):

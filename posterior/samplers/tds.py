@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from posterior.samplers.settings import NON_NEGATIVE, POSITIVE
 from posterior.samplers.twists import LinearGaussianSVD, TDSTwist, TwistedSampler, default_tempering_scale
 
 
@@ -46,12 +47,7 @@ class TDS(TwistedSampler):
     kappa: float = 1.0
     tempering_scale: float | None = None
 
-    def __post_init__(self):
-        super().__post_init__()
-        if not self.kappa >= 0:
-            raise ValueError(f"kappa must be >= 0, got {self.kappa}")
-        if self.tempering_scale is not None and not self.tempering_scale > 0:
-            raise ValueError(f"tempering_scale must be > 0, got {self.tempering_scale}")
+    limits = {"kappa": NON_NEGATIVE, "tempering_scale": POSITIVE}
 
     def setup(self, problem, prior):
         try:

@@ -126,7 +126,7 @@ class LinearGaussianSVD:
         return self.with_coords(x, coords), log_norm
 
 
-def likelihood_scale(problem, x: Tensor, iters: int = 30) -> float:
+def likelihood_scale(problem, x: Tensor, iters: int = 30, remedy: str = "set tempering_scale explicitly") -> float:
     """``tau_ref = 1 / sqrt(lambda_max)``, ``lambda_max`` the largest curvature of ``-log p(y | x)`` at ``x``.
 
     Power iteration on Hessian-vector products (double backprop; no network). For ``y = A x + sigma_y n``
@@ -148,19 +148,22 @@ def likelihood_scale(problem, x: Tensor, iters: int = 30) -> float:
         v = hv / norm
     if not abs(curvature) > 0 or not math.isfinite(curvature):
         raise ValueError(
-            "the likelihood has no curvature at the prior mean (or it is not finite); "
-            "set tempering_scale explicitly"
+            f"the likelihood ({type(problem.noise).__name__}) has no finite curvature at the prior mean; {remedy}"
         )
     return 1.0 / math.sqrt(abs(curvature))
 
 
-def default_tempering_scale(problem, prior, tempering_scale: float | None) -> float:
-    """``tempering_scale`` or, if None, the likelihood's width at the prior mean (1 NFE)."""
+def default_tempering_scale(problem, prior, tempering_scale: float | None, who: str | None = None) -> float:
+    """``tempering_scale`` or, if None, the likelihood's width at the prior mean (1 NFE). ``who``: a
+    sampler without a ``tempering_scale`` setting, named when the width cannot be estimated."""
     if tempering_scale is not None:
         return tempering_scale
     shape = (problem.y.shape[0] if problem.batched else 1, *prior.event_shape)
     mean = prior.denoise(problem.y.new_zeros(shape), prior.sigma_max)
-    return likelihood_scale(problem, mean)
+    if who is None:
+        return likelihood_scale(problem, mean)
+    remedy = f"{who} needs a likelihood with curvature (e.g. GaussianNoise or StudentTNoise), or use AFDPS or TDS with tempering_scale"
+    return likelihood_scale(problem, mean, remedy=remedy)
 
 
 def tempering(sigma: Tensor, tau_ref: float) -> Tensor:

@@ -111,7 +111,7 @@ def test_resume_refuses_another_run(tmp_path):
     path = tmp_path / "run.pt"
     namespace["run"]("dps", checkpoint=path, checkpoint_every=4)
     prior, problem = namespace["mixture"]()
-    with pytest.raises(ValueError, match="config"):
+    with pytest.raises(ValueError, match="setting steps is 12, this run's is 13"):
         post.samplers.DPS(steps=13).sample(problem, prior, 8, chains=2, seed=3, progress=False, resume=path)
     with pytest.raises(ValueError, match="num_samples"):
         post.samplers.DPS(steps=12, step_size=0.5, corrector_steps=1).sample(
@@ -125,7 +125,7 @@ def test_resume_refuses_another_run(tmp_path):
     with pytest.raises(ValueError, match="cannot split"):
         post.samplers.DPS(steps=4).sample(problem, prior, 4, chains=2, group=object())
     with pytest.raises(ValueError, match="nothing to checkpoint"):
-        post.samplers.ExactPosterior().sample(problem, prior, 4, chains=2, checkpoint=path)
+        post.samplers.ExactPosterior().sample(problem, prior, 4, chains=2, checkpoint=tmp_path / "exact.pt")
 
 
 class Exploding:
@@ -224,7 +224,7 @@ def test_fingerprint_sees_tuple_hyperparameters():
 
     prior, problem = cases()["mixture"]()
     a, b = (
-        fingerprint(post.samplers.JointPosterior(step_size=s), problem, prior, 4, 2)["config"]
+        fingerprint(post.samplers.JointPosterior(step_size=s), problem, prior, 4, 2, "0")["config"]
         for s in ((1.0, 2.0), (1.0, 3.0))
     )
     assert a != b
