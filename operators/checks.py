@@ -37,8 +37,9 @@ def _is_bool(value: object) -> bool:
     )
 
 
-def as_int(value: object, name: str, *, minimum: int | None = None) -> int:
-    """``value`` as an ``int`` (not a bool), at least ``minimum`` when given."""
+def as_int(value: object, name: str, *, minimum: int | None = None, maximum: int = 2**63 - 1) -> int:
+    """``value`` as an ``int`` (not a bool), at least ``minimum`` when given and at most ``maximum``
+    (default: what a 64-bit signed integer holds, as torch needs)."""
     try:
         if _is_bool(value):
             raise TypeError
@@ -48,7 +49,14 @@ def as_int(value: object, name: str, *, minimum: int | None = None) -> int:
     if minimum is not None and result < minimum:
         wanted = "a positive int" if minimum == 1 else f"an int >= {minimum}"
         raise ValueError(f"{name} must be {wanted}, got {result}")
+    if result > maximum:
+        raise ValueError(f"{name} must be at most {maximum}, got {result}")
     return result
+
+
+def as_seed(value: object, name: str = "seed") -> int:
+    """``value`` as a seed of ``torch.Generator.manual_seed``: an int in ``[0, 2**64)``."""
+    return as_int(value, name, minimum=0, maximum=2**64 - 1)
 
 
 def as_float(

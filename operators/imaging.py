@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import SVD, LinearOperator, binary_mask, check_batch, like
-from .checks import as_float, as_int, as_shape, short
+from .checks import as_float, as_int, as_seed, as_shape, short
 
 _BOUNDARIES = ("circular", "reflect")
 
@@ -61,7 +61,7 @@ class Inpainting(LinearOperator):
         fraction_observed = as_float(fraction_observed, "fraction_observed", gt=0, le=1)
         d = math.prod(shape)
         keep = max(1, round(fraction_observed * d))
-        gen = torch.Generator().manual_seed(as_int(seed, "seed"))
+        gen = torch.Generator().manual_seed(as_seed(seed))
         mask = torch.zeros(d, dtype=torch.bool)
         mask[torch.randperm(d, generator=gen)[:keep]] = True
         return cls(mask.reshape(shape))

@@ -1,8 +1,23 @@
 """posterior: Bayesian posterior sampling for inverse problems ``y = A(x) + noise`` with diffusion priors."""
 
-from posterior import diagnostics, distributed, metrics, priors, samplers
-from posterior.problem import InverseProblem
-from posterior.results import PosteriorSamples
+import importlib
+import typing
+
+# The submodules and classes load on first use (PEP 562), so that `import posterior.cli` and
+# `posterior --help` do not import torch.
+_LAZY = {
+    "diagnostics": "posterior.diagnostics",
+    "distributed": "posterior.distributed",
+    "metrics": "posterior.metrics",
+    "priors": "posterior.priors",
+    "samplers": "posterior.samplers",
+    "InverseProblem": "posterior.problem",
+    "PosteriorSamples": "posterior.results",
+}
+if typing.TYPE_CHECKING:
+    from posterior import diagnostics, distributed, metrics, priors, samplers
+    from posterior.problem import InverseProblem
+    from posterior.results import PosteriorSamples
 
 __version__ = "0.1.0"
 
@@ -16,3 +31,16 @@ __all__ = [
     "priors",
     "samplers",
 ]
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'posterior' has no attribute {name!r}")
+    module = importlib.import_module(_LAZY[name])
+    value = getattr(module, name) if name in {"InverseProblem", "PosteriorSamples"} else module
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -37,7 +37,7 @@ figures, ``report.md``, the saved result) with an ArviZ summary. Offline.
 
 Every key and the type of every value are checked when the file is read, before anything runs; an
 unknown, mistyped or ill-typed one is an error that names it (``sampler.stepz``,
-``sampler.steps: expected an int, got "3"``).
+``run.num_samples must be an int, got '16' (str)``, ``sampler: AFDPS: steps must be an int, got '3' (str)``).
 
 A user error never ends in a traceback: :func:`main` prints one line on stderr and exits with status 2
 for a job that cannot run as written (the file, its fields, the options, the files it names) and 1 for
@@ -52,7 +52,6 @@ import argparse
 import dataclasses
 import importlib.util
 import json
-import math
 import shutil
 import sys
 import time
@@ -60,7 +59,10 @@ import tomllib
 import typing
 from pathlib import Path
 
-import torch
+# torch (and the package's samplers) are imported inside the commands, so that `posterior --help`
+# answers at once (tests/posterior/test_cli_help.py)
+if typing.TYPE_CHECKING:
+    import torch
 
 BENCHMARKS = ("gmm", "cost", "images", "dehazing", "calibration", "priors", "mcmc_digits", "gpu_check")
 SCHEMA = {  # section -> key -> type (the sampler's own fields are checked against its class)
@@ -85,9 +87,9 @@ OPERATORS = {
     "blur": ({"std"}, lambda ops, s, c: ops.Blur.gaussian(s, std=c["std"])),
     "identity": (set(), lambda ops, s, c: ops.Identity(s)),
 }
-EXPECTED = {bool: "true or false", int: "an int", float: "a finite number", str: "a string"}
 JOB = "job.toml"  # the copy of the job file in the output folder
-RUN_FILES = ("report.md", "samples.safetensors", "summary.csv", "checkpoint.pt", JOB, "*.png")
+RUN_FILES = ("checkpoint.pt", "report.md", "samples.safetensors", "summary.csv", "summary.png", "draws.png",
+             "convergence.png", "smc_ess.png", "ranks.png", "coverage.png")  # what a run writes (job.toml aside)
 BAD_JOB = (ValueError, TypeError, KeyError, OSError)  # exit 2: the job cannot run as written
 FAILED_RUN = (ArithmeticError, RuntimeError, MemoryError)  # exit 1: the run started and failed
 
@@ -102,13 +104,18 @@ def _show(value) -> str:
 
 
 def _typed(key: str, value, kind: type):
-    """``value`` read from the job as ``kind`` (``SCHEMA``), or a ConfigError naming ``key``; ints are
-    accepted for floats. (The sampler's fields are checked by the sampler itself.)"""
-    if kind is float and isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    if isinstance(value, kind) and (kind is bool or not isinstance(value, bool)) and kind is not float:
-        return value
-    raise ConfigError(f"{key}: expected {EXPECTED[kind]}, got {_show(value)}")
+    """``value`` read from the job as ``kind`` (``SCHEMA``; the rules of :mod:`operators.checks`, ints
+    accepted for floats), or a ConfigError naming ``key``. The sampler checks its own fields."""
+    from operators.checks import as_float, as_int
+
+    if kind is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key} must be a string, got {_show(value)}")
+    try:
+        return {int: as_int, float: as_float}[kind](value, key)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(str(err)) from None
 
 
 def _samplers() -> dict:
@@ -193,7 +200,7 @@ def _build(config: dict, path: Path, device: str) -> dict:
         raise ConfigError(f"noise.sigma: must be > 0, got {sigma}")
     sampler_config = dict(config["sampler"])
     name, samplers = sampler_config.pop("name", None), _samplers()
-    if name not in samplers:
+    if not isinstance(name, str) or name not in samplers:
         raise ConfigError(f"sampler.name: unknown sampler {_show(name)}; expected one of {sorted(samplers)}")
     cls = samplers[name]
     fields = {f.name for f in dataclasses.fields(cls)}
@@ -227,13 +234,14 @@ def _build(config: dict, path: Path, device: str) -> dict:
         )
     return {
         "prior": prior,
+        "prior_name": field("prior", "name"),
         "operator": operator,
         "noise": ops.GaussianNoise(sigma),
         "truth": truth,
         "sampler": sampler,
         "num_samples": num_samples,
         "chains": chains,
-        "output": Path(field("run", "output", f"runs/{path.stem}")),
+        "output": _output(field("run", "output", f"runs/{path.stem}")),
         "checkpoint_every": positive("checkpoint_every", 0),
         "max_batch": positive("max_batch", 0) or None,
     }
@@ -243,8 +251,18 @@ def _same(a: Path, b: Path | None) -> bool:
     return b is not None and a.exists() and b.exists() and a.samefile(b)
 
 
+def _output(text: str) -> Path:
+    if not text.strip():
+        raise ConfigError("run.output: empty; name a folder for the run's files")
+    return Path(text)
+
+
 def _claim(
-    directory: Path, patterns: tuple[str, ...], args: argparse.Namespace, job: Path | None = None
+    directory: Path,
+    patterns: tuple[str, ...],
+    args: argparse.Namespace,
+    job: Path | None = None,
+    checkpoint: str = "checkpoint.pt",
 ) -> None:
     """Refuse an output folder that is a file or holds results of an earlier run (files matching
     ``patterns``, the job file itself aside), unless ``--resume`` continues that run there or
@@ -258,9 +276,10 @@ def _claim(
     if not earlier or getattr(args, "resume", False):
         return
     if not args.overwrite:
+        resumable = "resume" in args and (directory / checkpoint).is_file()
         raise ConfigError(
             f"{directory} holds the results of an earlier run ({', '.join(earlier)}); "
-            "pass --overwrite to replace them" + (" or --resume to continue it" if "resume" in args else "")
+            "pass --overwrite to replace them" + (" or --resume to continue it" if resumable else "")
         )
     for name in earlier if patterns is RUN_FILES else ():
         (directory / name).unlink()
@@ -280,14 +299,18 @@ def solve(
     config: dict,
     seed: int,
     device: str,
-    progress: bool,
+    progress: bool | str,
     directory: Path | None = None,
     resume: bool = False,
 ) -> Path:
     """Simulate ``y`` from the truth, run the sampler, write the run report; returns ``report.md``.
 
-    With ``checkpoint_every`` the run's state goes to ``checkpoint.pt`` in the output folder, which
-    ``resume`` continues from."""
+    ``progress`` may be the progress bar's label (e.g. ``"AFDPS (1 of 2)"``). ``config`` may name its
+    prior (``prior_name``) for the report. With ``checkpoint_every`` the run's state goes to
+    ``checkpoint.pt`` in the output folder every that many steps, which ``resume`` continues from; a
+    failed run's last good state goes there in any case."""
+    import torch
+
     import posterior as post
     from posterior import plots
 
@@ -304,13 +327,18 @@ def solve(
         chains=config["chains"],
         seed=seed,
         progress=progress,
-        checkpoint=checkpoint if config.get("checkpoint_every") else None,
-        checkpoint_every=config.get("checkpoint_every") or 10,
+        checkpoint=checkpoint,  # without checkpoint_every only a failed run's last good state goes there
+        checkpoint_every=config.get("checkpoint_every") or sys.maxsize,
         resume=checkpoint if resume else None,
         max_batch=config.get("max_batch"),
     )
     path = plots.write_report(
-        result, directory, truth=truth.cpu(), title=f"{result.sampler}: {directory.name}"
+        result,
+        directory,
+        truth=truth.cpu(),
+        problem=problem,
+        prior=config.get("prior_name", prior),
+        seed=seed,
     )
     print(result.verdict.line)
     return path
@@ -330,13 +358,15 @@ def _demo(args: argparse.Namespace) -> None:
     prior = post.priors.pretrained("digits", device=args.device)
     base = {
         "prior": prior,
+        "prior_name": "digits",
         "operator": ops.Inpainting.box(prior.event_shape, 0, 0, 8, 16),  # the upper half hidden
         "noise": ops.GaussianNoise(0.05),
         "truth": _held_out("digits", 3, 16),
     }
-    for name, (sampler, num_samples, chains) in runs.items():
+    for k, (name, (sampler, num_samples, chains)) in enumerate(runs.items(), 1):
         config = dict(base, sampler=sampler, num_samples=num_samples, chains=chains)
-        path = solve(config, args.seed, args.device, not args.no_progress, args.out / name)
+        label = f"{type(sampler).__name__} ({k} of {len(runs)})"
+        path = solve(config, args.seed, args.device, not args.no_progress and label, args.out / name)
         print(f"{name}: report written to {path}")
     print(f"done in {time.perf_counter() - start:.0f} s; open {args.out}/*/report.md")
 
@@ -348,7 +378,7 @@ def _run(args: argparse.Namespace) -> None:
     if args.resume:
         _check_resume(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    if not _same(directory / JOB, args.config):
+    if not args.resume and not _same(directory / JOB, args.config):  # a resume keeps the run's own copy
         shutil.copyfile(args.config, directory / JOB)
     path = solve(config, args.seed, args.device, not args.no_progress, directory, args.resume)
     print(f"report written to {path}")
@@ -369,7 +399,7 @@ def _train(args: argparse.Namespace) -> None:
     from posterior.priors.training import train
 
     parts = (".safetensors", ".ckpt", "-noise.safetensors", "-noise.ckpt")  # what train writes
-    _claim(args.out, tuple(args.name + part for part in parts), args)
+    _claim(args.out, tuple(args.name + part for part in parts), args, checkpoint=f"{args.name}.ckpt")
     paths = train(
         args.name,
         args.out,
@@ -419,13 +449,17 @@ def _count(minimum: int):
 
 
 def _seed(text: str) -> int:
-    value = int(text)
-    if not 0 <= value < 2**64:
-        raise argparse.ArgumentTypeError(f"expected an int in [0, 2**64), got {text}")
-    return value
+    from operators.checks import as_seed
+
+    try:
+        return as_seed(int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int in [0, 2**64), got {text}") from None
 
 
 def _check_device(name: str) -> None:
+    import torch
+
     try:
         torch.device(name)
     except RuntimeError as err:
@@ -442,14 +476,20 @@ def main(argv: list[str] | None = None) -> None:
         "--threads", type=_count(1), default=1, help="torch threads (default 1: fastest on shared CPUs)"
     )
     common.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    common.add_argument("--seed", type=_seed, default=0)
+    common.add_argument(
+        "--seed", type=_seed, default=0, help="seed of the simulated measurement and the sampler (default 0)"
+    )
     common.add_argument("--no-progress", action="store_true", help="no progress bars")
     common.add_argument("--debug", action="store_true", help="show the traceback of an error")
     written = _Parser(add_help=False)
     written.add_argument(
         "--overwrite", action="store_true", help="replace the results of an earlier run in --out"
     )
-    parser = _Parser(prog="posterior", description="Posterior sampling with diffusion priors.")
+    parser = _Parser(
+        prog="posterior",
+        description="Posterior sampling with diffusion priors. The commands and the run file are "
+        "described in docs/cli.md; `posterior COMMAND --help` lists a command's options.",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser(
@@ -459,17 +499,21 @@ def main(argv: list[str] | None = None) -> None:
     demo.set_defaults(run=_demo)
 
     run = commands.add_parser(
-        "run", parents=[common, written], help="run the problem and sampler of a TOML file"
+        "run",
+        parents=[common, written],
+        help="run the problem and sampler of a TOML file",
+        description="Run the problem and sampler of a TOML run file and write its report. The run file's "
+        "sections ([prior], [operator], [noise], [truth], [sampler], [run]) are described in docs/cli.md.",
     )
     run.add_argument(
-        "config", type=Path, help="the run file (see `python -c 'import posterior.cli; help(posterior.cli)'`)"
+        "config", type=Path, help="the run file, a TOML file: its sections and keys are described in docs/cli.md"
     )
     run.add_argument("--out", type=Path, default=None, help="output folder (default: the file's run.output)")
     run.add_argument("--resume", action="store_true", help="continue from checkpoint.pt in the output folder")
     run.set_defaults(run=_run)
 
     bench = commands.add_parser("benchmark", parents=[common], help="run a script of benchmarks/")
-    bench.add_argument("name", choices=BENCHMARKS)
+    bench.add_argument("name", choices=BENCHMARKS, help="the script benchmarks/NAME.py")
     bench.add_argument("args", nargs=argparse.REMAINDER, help="passed to the script (see its --help)")
     bench.set_defaults(run=_benchmark)
 
@@ -492,6 +536,8 @@ def main(argv: list[str] | None = None) -> None:
 
     args = parser.parse_args(argv)
     try:
+        import torch
+
         torch.set_num_threads(args.threads)
         _check_device(args.device)
         args.run(args)
@@ -499,7 +545,8 @@ def main(argv: list[str] | None = None) -> None:
         report = explain(err)
         if args.debug or report is None:
             raise
-        print(f"posterior {args.command}: {report[0]}", file=sys.stderr)
+        hint = "" if isinstance(err, ConfigError) else " (--debug shows where it was raised)"
+        print(f"posterior {args.command}: {report[0]}{hint}", file=sys.stderr)
         raise SystemExit(report[1]) from None
 
 

@@ -1,39 +1,56 @@
 """Figures of a posterior and of its diagnostics, and a one-call run report.
 
-Every function returns a :class:`matplotlib.figure.Figure` built without ``pyplot`` (no global state,
-no display needed); save it with ``fig.savefig(path)``. Image-shaped events (``(H, W)``, ``(1, H, W)``,
+Every function returns a :class:`Figure`, a :class:`matplotlib.figure.Figure` built without ``pyplot``
+(no global state, no display needed) that Jupyter shows inline (``_repr_png_``); save it with
+``fig.savefig(path)`` (PNG, SVG, PDF). Image-shaped events (``(H, W)``, ``(1, H, W)``,
 ``(3, H, W)``) are drawn as images, others as one value per coordinate.
 
 - :func:`sample_grid`: draws (resampled by their weights for SMC results);
-- :func:`summary_maps`: posterior mean, per-pixel std, central credible-interval width, error to a truth;
+- :func:`summary_maps`: the measurement (:func:`measurement_view`), truth and posterior mean on one scale,
+  per-pixel std, central credible-interval width, error to a truth, with PSNR, SSIM and coverage
+  (:func:`scores`);
 - :func:`convergence_maps`: R-hat and bulk/tail ESS per pixel (from :func:`posterior.diagnostics.convergence`);
-- :func:`ess_trace`: ESS/N of each SMC run along the noise levels;
+- :func:`ess_trace`: ESS/N of the SMC runs (median and range) along the noise levels;
 - :func:`rank_plots` and :func:`coverage_curve`: a :class:`~posterior.diagnostics.CalibrationReport`'s
   rank histograms, ECDF-difference bands and coverage curves;
-- :func:`write_report`: all that applies to a result, as PNGs, a Markdown page and the saved result.
+- :func:`write_report`: all that applies to a result, as PNGs, a Markdown page recording the configuration
+  and the numbers, a CSV table and the saved result.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
 
+import matplotlib
+import matplotlib.figure
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 from torch import Tensor
 
-from posterior import diagnostics
+from operators import MRI, LinearOperator
+from posterior import diagnostics, metrics
 from posterior.results import PosteriorSamples
+
+
+class Figure(matplotlib.figure.Figure):
+    """A matplotlib figure that renders inline in Jupyter and IPython (as PNG), without ``pyplot``."""
+
+    def _repr_png_(self) -> bytes:
+        buffer = io.BytesIO()
+        self.savefig(buffer, format="png", dpi=100)
+        return buffer.getvalue()
 
 
 def _is_image(shape) -> bool:
     return len(shape) == 2 or (len(shape) == 3 and shape[0] in (1, 3))
 
 
-def _show(ax, value: Tensor, title: str, cmap: str = "gray", **kwargs) -> None:
-    """An image (image-shaped ``value``) or one bar per coordinate, titled, with a colour bar for maps."""
+def _show(ax, value: Tensor, title: str, cmap="gray", colorbar: bool = False, **kwargs) -> None:
+    """An image (image-shaped ``value``, NaN drawn in the colour map's "bad" colour) or one bar per
+    coordinate, titled; ``kwargs`` (e.g. ``vmin``, ``vmax``) go to ``imshow``."""
     value = value.detach().double().cpu()
     ax.set_title(title, fontsize=9)
     if _is_image(value.shape):
@@ -42,7 +59,7 @@ def _show(ax, value: Tensor, title: str, cmap: str = "gray", **kwargs) -> None:
         shown = ax.imshow(picture.numpy(), cmap=cmap, **kwargs)
         ax.set_xticks([])
         ax.set_yticks([])
-        if picture.dim() == 2 and cmap != "gray":
+        if colorbar and picture.dim() == 2:
             ax.figure.colorbar(shown, ax=ax, fraction=0.046)
     else:
         ax.bar(np.arange(value.numel()), value.reshape(-1).numpy())
@@ -76,22 +93,106 @@ def sample_grid(result: PosteriorSamples, n: int = 16, columns: int = 8) -> Figu
     return fig
 
 
-def summary_maps(result: PosteriorSamples, truth: Tensor | None = None, level: float = 0.9) -> Figure:
-    """Posterior mean, per-pixel std, width of the central ``level`` interval and, given ``truth``
-    (shape ``event_shape``), the absolute error of the mean."""
-    half = (1 - level) / 2
-    panels = [
-        (result.mean(), "posterior mean", "gray"),
-        (result.std(), "per-pixel std", "magma"),
-        (result.quantile(1 - half) - result.quantile(half), f"{int(100 * level)}% interval width", "magma"),
+def measurement_view(problem) -> tuple[Tensor, str]:
+    """The measurement ``y`` of ``problem`` (an :class:`~posterior.InverseProblem`; the first of a
+    batch) as a reader would look at it, and a title.
+
+    Image-shaped ``y`` as it is (the blurred or low-resolution image, the sinogram), with the pixels
+    that an operator's ``mask`` of ``y``'s shape hides set to NaN (inpainting); MRI k-space
+    ``(C, H, W, 2)`` as its centred log-magnitude, root-sum-of-squares over coils, shape ``(H, W)``;
+    any other ``y`` of a linear operator as the adjoint ``A^T y``, shape ``in_shape``; else ``y``.
+    """
+    operator, y = problem.operator, problem.y[0] if problem.batched else problem.y
+    mask = getattr(operator, "mask", None)
+    if _is_image(y.shape):
+        if isinstance(mask, Tensor) and mask.shape == y.shape:
+            return y.double().masked_fill(
+                ~mask.bool().to(y.device), float("nan")
+            ), "measurement y (blue: hidden)"
+        return y, "measurement y"
+    if isinstance(operator, MRI):
+        magnitude = y.double().square().sum(dim=(0, -1)).sqrt()  # (H, W)
+        return torch.fft.fftshift(magnitude).log1p(), "log(1 + |k-space|), centred"
+    if isinstance(operator, LinearOperator):
+        return operator.adjoint(y[None])[0], "A^T y (adjoint of the measurement)"
+    return y, "measurement y"
+
+
+def scores(result: PosteriorSamples, truth: Tensor, level: float = 0.9) -> dict[str, float]:
+    """How the posterior fits ``truth`` (shape ``event_shape``): ``coverage``, the fraction of
+    coordinates inside the central ``level`` interval (:meth:`PosteriorSamples.interval`), with
+    ``covered`` and ``coordinates`` its counts; for images also ``psnr`` (dB) and ``ssim`` of the
+    posterior mean, with the truth's range (max - min) as ``data_range``."""
+    truth = truth.detach().double().cpu()
+    lower, upper = (bound.detach().double().cpu() for bound in result.interval(level))
+    covered = int(((lower <= truth) & (truth <= upper)).sum())
+    out = {"covered": covered, "coordinates": truth.numel(), "coverage": covered / truth.numel()}
+    if _is_image(truth.shape):
+        mean = result.mean().detach().double().cpu()
+        data_range = float(truth.max() - truth.min()) or 1.0
+        window = min(11, *truth.shape[-2:])
+        window -= 1 - window % 2  # odd, at most the image size
+        out.update(
+            data_range=data_range,
+            psnr=metrics.psnr(mean, truth, data_range),
+            ssim=metrics.ssim(mean, truth, data_range, window=window),
+        )
+    return out
+
+
+def _headline(result: PosteriorSamples, found: dict | None, level: float) -> str:
+    """One line of numbers: PSNR, SSIM and coverage (given ``found``, :func:`scores`), then the cost."""
+    parts = []
+    if found is not None and "psnr" in found:
+        parts.append(f"PSNR {found['psnr']:.2f} dB, SSIM {found['ssim']:.3f}")
+    if found is not None:
+        parts.append(
+            f"central {int(round(100 * level))}% interval covers {100 * found['coverage']:.1f}% of the truth"
+        )
+    parts.append(f"{result.nfe} NFE + {result.grad_evals} VJP per draw, {result.wall_time:.1f} s")
+    return "; ".join(parts)
+
+
+def summary_maps(
+    result: PosteriorSamples, truth: Tensor | None = None, level: float = 0.9, problem=None
+) -> Figure:
+    """The measurement (given ``problem``: :func:`measurement_view`; on its own scale when its values lie
+    outside the others'), the truth (given ``truth``, shape ``event_shape``) and the posterior mean on
+    one grey scale, then the per-pixel std, the width of the
+    central ``level`` interval and ``|mean - truth|``, each with its colour bar; PSNR, SSIM and the
+    coverage of the truth (:func:`scores`), NFE and time in the title."""
+    mean = result.mean()
+    lower, upper = result.interval(level)
+    shared = [mean] if truth is None else [truth, mean]
+    low = min(float(v.min()) for v in shared)
+    high = max(float(v.max()) for v in shared)
+    gray = {"cmap": "gray", "vmin": low, "vmax": high}
+    panels = []  # (value, title, imshow keywords)
+    if problem is not None:
+        view, title = measurement_view(problem)
+        seen = view[torch.isfinite(view)].double()
+        span = high - low  # the truth's grey scale, if y is in its units (not counts, not a sinogram)
+        same = tuple(view.shape) == tuple(result.event_shape) and (
+            seen.numel() == 0 or (float(seen.min()) >= low - span and float(seen.max()) <= high + span)
+        )
+        cmap = matplotlib.colormaps["gray"].with_extremes(bad="tab:blue")
+        panels.append((view, title, dict(gray, cmap=cmap) if same else {"cmap": cmap}))
+    if truth is not None:
+        panels.append((truth, "truth", gray))
+    panels += [
+        (mean, "posterior mean", gray),
+        (result.std(), "per-pixel std", {"cmap": "magma"}),
+        (upper - lower, f"central {int(round(100 * level))}% interval width", {"cmap": "magma"}),
     ]
     if truth is not None:
-        panels = (
-            [(truth, "truth", "gray")] + panels + [((result.mean() - truth).abs(), "|mean - truth|", "magma")]
-        )
-    fig = Figure(figsize=(3 * len(panels), 3), layout="constrained")
-    for ax, (value, title, cmap) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels, strict=True):
-        _show(ax, value, title, cmap)
+        panels.append(((mean - truth.to(mean.device)).abs(), "|mean - truth|", {"cmap": "magma"}))
+    fig = Figure(figsize=(2.9 * len(panels), 3.3), layout="constrained")
+    for ax, (value, title, keywords) in zip(
+        fig.subplots(1, len(panels), squeeze=False)[0], panels, strict=True
+    ):
+        _show(ax, value, title, colorbar=True, **keywords)
+    found = scores(result, truth, level) if truth is not None else None
+    fig.suptitle(f"{result.sampler or 'posterior'}: {_headline(result, found, level)}", fontsize=9)
     return fig
 
 
@@ -104,30 +205,50 @@ def convergence_maps(report) -> Figure:
     ]
     fig = Figure(figsize=(9.5, 3), layout="constrained")
     for ax, (value, title) in zip(fig.subplots(1, 3), panels, strict=True):
-        _show(ax, value, title, "viridis")
+        _show(ax, value, title, "viridis", colorbar=True)
     return fig
 
 
 def ess_trace(result: PosteriorSamples) -> Figure:
-    """ESS/N of every SMC run against sigma (descending), resampling steps marked."""
+    """ESS/N of the SMC runs against sigma (descending): the median and the range over the runs, and
+    a tick on top at each step where a run resampled (longer the more runs did)."""
     trace = result.trace
     if "ess" not in trace:
         raise ValueError("the result has no ESS trace (not an SMC result)")
-    ess = trace["ess"].double()  # ESS / N, (steps, runs)
-    sigma = trace["sigma"].double()[: ess.shape[0]]
+    ess = trace["ess"].double().cpu().reshape(trace["ess"].shape[0], -1)  # ESS / N, (steps, runs)
+    sigma = trace["sigma"].double().cpu()[: ess.shape[0]].numpy()
+    runs = ess.shape[1]
     fig = Figure(figsize=(6, 3.2), layout="constrained")
     ax = fig.subplots()
-    ax.plot(sigma.numpy(), ess.numpy(), lw=1)
+    ax.fill_between(
+        sigma,
+        ess.min(1).values.numpy(),
+        ess.max(1).values.numpy(),
+        color="C0",
+        alpha=0.25,
+        lw=0,
+        label=f"range over {runs} runs",
+    )
+    ax.plot(sigma, ess.quantile(0.5, dim=1).numpy(), color="C0", lw=1.2, label="median")
     if "resampled" in trace:
-        steps, runs = torch.nonzero(trace["resampled"], as_tuple=True)
-        ax.plot(sigma[steps].numpy(), ess[steps, runs].numpy(), "k.", ms=3, label="resampled")
-        ax.legend(fontsize=8)
+        share = trace["resampled"].double().cpu().reshape(ess.shape[0], -1).mean(1)  # (steps,)
+        at = (share > 0).numpy()
+        total = int(trace["resampled"].sum())
+        ax.vlines(
+            sigma[at],
+            1.02,
+            1.02 + 0.06 * share.numpy()[at],
+            color="k",
+            lw=0.8,
+            label=f"resampling ({total} in all)",
+        )
     ax.set_xscale("log")
     ax.invert_xaxis()
-    ax.set_ylim(0, 1.05)
+    ax.set_ylim(0, 1.1)
     ax.set_xlabel("sigma")
     ax.set_ylabel("ESS / N")
-    ax.set_title(f"{result.sampler}: {result.chains} runs of {result.draws} particles", fontsize=9)
+    ax.legend(fontsize=8, loc="lower left")
+    ax.set_title(f"{result.sampler}: {runs} runs of {result.draws} particles", fontsize=9)
     return fig
 
 
@@ -176,6 +297,32 @@ def coverage_curve(report) -> Figure:
     return fig
 
 
+def _describe_prior(prior) -> str:
+    if prior is None or isinstance(prior, str):
+        return prior or "not recorded"
+    shape, low, high = (getattr(prior, k, None) for k in ("event_shape", "sigma_min", "sigma_max"))
+    return f"{type(prior).__name__}, event shape {tuple(shape)}, sigma in [{low:.3g}, {high:.3g}]"
+
+
+def _configuration(result: PosteriorSamples, problem, prior, seed) -> list[str]:
+    """The lines of ``report.md`` that say what ran: operator, noise, prior, sampler, seed, versions."""
+    import posterior
+
+    lines = []
+    if problem is not None:
+        mask = getattr(problem.operator, "mask", None)
+        seen = f"; observes {int(mask.sum())} of {mask.numel()} pixels" if isinstance(mask, Tensor) else ""
+        lines += [f"- operator: `{problem.operator!r}`{seen}", f"- noise: `{problem.noise!r}`"]
+    settings = ", ".join(f"{k}={v!r}" for k, v in result.config.items()) or "not recorded"
+    return lines + [
+        f"- prior: {_describe_prior(prior)}",
+        f"- sampler: `{result.sampler}` ({result.kind}), settings `{settings}`",
+        f"- draws: {result.chains} chains x {result.draws} draws of shape {tuple(result.event_shape)}",
+        f"- seed: {seed if seed is not None else 'not recorded'}",
+        f"- versions: posterior {posterior.__version__}, torch {torch.__version__}",
+    ]
+
+
 def write_report(
     result: PosteriorSamples,
     directory: str | os.PathLike,
@@ -183,46 +330,59 @@ def write_report(
     truth: Tensor | None = None,
     calibration=None,
     title: str | None = None,
+    problem=None,
+    prior=None,
+    seed: int | None = None,
+    level: float = 0.9,
 ) -> Path:
     """Save ``result`` and every figure that applies to it in ``directory``, with a Markdown page.
 
     Writes ``samples.safetensors`` (:meth:`PosteriorSamples.save`), ``summary.csv``
-    (:meth:`PosteriorSamples.summary` at level 0.9), ``draws.png`` and ``summary.png``,
-    ``convergence.png`` for Markov chains (``kind="mcmc"``, 2+ chains of 4+ draws), ``smc_ess.png`` for SMC results,
-    ``ranks.png`` and ``coverage.png`` given a :class:`~posterior.diagnostics.CalibrationReport`, and
-    ``report.md`` tying them together. Returns the path of ``report.md``.
+    (:meth:`PosteriorSamples.summary` at ``level``), ``summary.png`` (:func:`summary_maps`, with the
+    measurement given ``problem``), ``draws.png``, ``convergence.png`` for Markov chains
+    (``kind="mcmc"``, 2+ chains of 4+ draws), ``smc_ess.png`` for SMC results, ``ranks.png`` and
+    ``coverage.png`` given a :class:`~posterior.diagnostics.CalibrationReport`, and ``report.md``: the
+    configuration (operator and noise of ``problem``, ``prior`` (a name or the prior), the sampler's
+    settings, ``seed``, versions), PSNR, SSIM and coverage given ``truth`` (shape ``event_shape``,
+    :func:`scores`), the cost, and a link to every file. One interval ``level`` throughout. Returns the
+    path of ``report.md``.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    result.save(directory / "samples.safetensors")
-    result.summary(level=0.9).to_csv(directory / "summary.csv")
+    percent = f"central {int(round(100 * level))}% interval"
+    if title is None and problem is not None:
+        shape = "x".join(str(n) for n in result.event_shape)
+        title = f"{result.sampler}: {type(problem.operator).__name__} of a {shape} image, {problem.noise!r}"
+        title += f", {prior} prior" if isinstance(prior, str) else ""
     weighted = result.log_weights is not None
-    lines = [
-        f"# {title or (result.sampler or 'Posterior') + ' run report'}",
-        "",
-        f"- sampler: `{result.sampler}` ({result.kind}), {result.chains} chains x {result.draws} draws of "
-        f"shape {tuple(result.event_shape)}",
-        f"- cost: {result.nfe} network evaluations and {result.grad_evals} VJPs per draw, {result.wall_time:.1f} s",
-        "- saved result: `samples.safetensors` (`posterior.PosteriorSamples.load`)",
-        "- per-coordinate table: `summary.csv` (mean, sd, central 90% interval, "
-        + (
-            "Monte-Carlo standard error from the independent runs and the runs' agreement: "
-            "`PosteriorSamples.summary`)"
-            if weighted
-            else "ESS, R-hat and MCSE: ArviZ's summary)"
-        ),
+    lines = [f"# {title or (result.sampler or 'Posterior') + ' run report'}", "", "## Configuration", ""]
+    lines += _configuration(result, problem, prior, seed) + ["", "## Results", ""]
+    if truth is not None:
+        found = scores(result, truth, level)
+        if "psnr" in found:
+            lines.append(
+                f"- posterior mean: PSNR {found['psnr']:.2f} dB, SSIM {found['ssim']:.3f} "
+                f"(data range {found['data_range']:.3g}, the truth's max - min)"
+            )
+        lines.append(
+            f"- coverage: the {percent} holds the truth at {found['covered']} of {found['coordinates']} "
+            f"pixels ({100 * found['coverage']:.1f}%)"
+        )
+    lines += [
+        f"- cost: {result.nfe} network evaluations (NFE) and {result.grad_evals} VJPs per draw, "
+        f"{result.wall_time:.1f} s",
         "",
     ]
     if result.verdict is not None:
         lines += ["## Verdict", "", "```", str(result.verdict), "```", ""]
-    figures = {"draws": sample_grid(result), "summary": summary_maps(result, truth)}
+    figures = {"summary": summary_maps(result, truth, level, problem), "draws": sample_grid(result)}
     if result.kind == "mcmc" and result.chains >= 2 and result.draws >= 4:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", diagnostics.ConvergenceWarning)
             report = diagnostics.convergence(result)
         figures["convergence"] = convergence_maps(report)
         lines += ["## Convergence", "", "```", str(report), "```", ""]
-    if result.log_weights is not None:
+    if weighted:
         health = diagnostics.weights(result)
         lines += [
             "## Importance weights",
@@ -237,7 +397,20 @@ def write_report(
         figures["ranks"] = rank_plots(calibration)
         figures["coverage"] = coverage_curve(calibration)
         lines += ["## Calibration", "", str(calibration), ""]
-    lines += ["## Figures", ""]
+    result.save(directory / "samples.safetensors")
+    result.summary(level=level).to_csv(directory / "summary.csv")
+    table = (
+        "Monte-Carlo standard error from the independent runs and the runs' agreement"
+        if weighted
+        else "ArviZ's ESS, R-hat and MCSE"
+    )
+    lines += [
+        "## Files",
+        "",
+        "- [samples.safetensors](samples.safetensors): the draws (`posterior.PosteriorSamples.load`)",
+        f"- [summary.csv](summary.csv): per pixel mean, sd, {percent}, {table}",
+    ]
+    lines += [f"- [{name}.png]({name}.png)" for name in figures] + ["", "## Figures", ""]
     for name, fig in figures.items():
         fig.savefig(directory / f"{name}.png", dpi=110)
         lines += [f"![{name}]({name}.png)", ""]

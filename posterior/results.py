@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -377,7 +378,7 @@ class PosteriorSamples:
                 if meta.get("format") != FORMAT:
                     raise ValueError(f"{path} is not a file written by PosteriorSamples.save")
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except SafetensorError as err:
+        except (SafetensorError, OSError) as err:  # OSError: a folder, an unreadable file
             raise ValueError(f"{path} is not a file written by PosteriorSamples.save: {err}") from err
         trace = {k.removeprefix("trace."): v for k, v in tensors.items() if k.startswith("trace.")}
         stats = {k.removeprefix("stats."): v for k, v in tensors.items() if k.startswith("stats.")}
@@ -415,8 +416,8 @@ def _wrong_content(info, tensors: dict[str, Tensor]) -> str | None:
         return f"unknown fields {unknown}"
     if info["kind"] not in KINDS:
         return f"kind is {info['kind']!r}, expected one of {KINDS}"
-    if min(info["nfe"], info["grad_evals"], info["wall_time"]) < 0:
-        return "nfe, grad_evals and wall_time must be >= 0"
+    if not min(info["nfe"], info["grad_evals"], info["wall_time"]) >= 0 or not math.isfinite(info["wall_time"]):
+        return "nfe, grad_evals and wall_time must be finite and >= 0"
     samples, log_weights = tensors.get("samples"), tensors.get("log_weights")
     if samples is None or not samples.is_floating_point() or not samples.isfinite().all():
         return "'samples' is missing or not all finite floating-point numbers"

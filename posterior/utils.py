@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 import os
 import secrets
 import stat
@@ -10,7 +9,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
+
+from operators.checks import as_seed
 
 PARTIAL = ".partial"  # the suffix of a file being written by :func:`atomic_write`
 
@@ -26,17 +27,14 @@ def make_generator(
     if seed is None:
         gen.seed()
     else:
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-            raise TypeError(f"seed must be an int, a torch.Generator or None, got {seed!r} ({type(seed).__name__})")
-        if not 0 <= seed < 2**64:
-            raise ValueError(f"seed must lie in [0, 2**64), got {seed}")
-        gen.manual_seed(int(seed))
+        gen.manual_seed(as_seed(seed))
     return gen, device
 
 
 def progress_bar(iterable: Iterable, enabled: bool, desc: str):
-    """``tqdm`` over ``iterable`` when ``enabled``, else ``iterable`` unchanged."""
-    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True) if enabled else iterable
+    """``tqdm`` over ``iterable`` when ``enabled``, else ``iterable`` unchanged; the bar stays as one
+    final line (the plain text bar, also in Jupyter: no widget)."""
+    return tqdm(iterable, desc=desc, leave=True, dynamic_ncols=True) if enabled else iterable
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:

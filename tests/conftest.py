@@ -136,3 +136,11 @@ def sign_ambiguous_problem():
     a test is the sampler's Monte-Carlo error alone. ``.errors(result)`` gives each feature's error and
     z-score (see :class:`_SignAmbiguousReference`)."""
     return _SignAmbiguousReference()
+
+
+@pytest.fixture(autouse=True)
+def _private_temporary_folder(tmp_path_factory, monkeypatch):
+    """Files a run writes to the temporary folder (a failed run's last good state) stay in the test's own."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path_factory.mktemp("tmp")))

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from operators.checks import as_float, as_int, as_shape, check_less
+from operators.checks import as_float, as_int, as_seed, as_shape, check_less
 from posterior.priors.base import DiffusionPrior
 from posterior.utils import make_generator
 
@@ -658,7 +658,7 @@ class GaussianMixture(DiffusionPrior):
         g = math.isqrt(num_components)
         if g * g != num_components:
             raise ValueError(f"num_components must be a perfect square (a g x g grid), got {num_components}")
-        spacing, std, seed = as_float(spacing, "spacing"), as_float(std, "std", gt=0), as_int(seed, "seed")
+        spacing, std, seed = as_float(spacing, "spacing"), as_float(std, "std", gt=0), as_seed(seed)
         offsets = torch.arange(g, dtype=torch.float64) - (g - 1) / 2
         ca, cb = torch.meshgrid(offsets, offsets, indexing="ij")
         pairs = torch.stack([ca.reshape(-1), cb.reshape(-1)], 1)  # (K, 2)
@@ -705,7 +705,7 @@ class GaussianMixture(DiffusionPrior):
         shape = cls._benchmark_shape(dim, event_shape)
         dim, k = as_int(dim, "dim"), as_int(num_components, "num_components", minimum=1)
         separation, std = as_float(separation, "separation"), as_float(std, "std", gt=0)
-        seed = as_int(seed, "seed")
+        seed = as_seed(seed)
         if covariance not in ("scalar", "diagonal", "full"):
             raise ValueError(f"covariance must be 'scalar', 'diagonal' or 'full', got {covariance!r}")
         f64 = torch.float64

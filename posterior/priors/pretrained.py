@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -102,19 +103,26 @@ def _read(path: Path, expected_format: str) -> tuple[dict, dict]:
 
 
 def _network(path: Path, meta: dict, shapes: dict[str, tuple[int, ...]]) -> UNet:
-    """The UNet that ``meta`` describes, on the ``meta`` device (nothing allocated), checked against
-    the file's tensor ``shapes``: metadata that lies about the network is refused before it is built."""
-    try:
+    """The UNet that ``meta`` describes, on the ``meta`` device, checked against the file (:func:`_checked`)."""
+
+    def build() -> UNet:
         unet = meta["unet"]
         if len(unet["widths"]) * unet["blocks"] > len(shapes):  # every block holds tensors of its own
             raise ValueError(f"{len(unet['widths'])} levels of {unet['blocks']} blocks")
+        if "gaussian_residual" in unet:
+            return GaussianResidualUNet(unet["gaussian_residual"], unet["widths"], unet["blocks"], unet["emb_dim"])
+        return UNet(unet["channels"], unet["widths"], unet["blocks"], unet["emb_dim"])
+
+    return _checked(path, shapes, build)
+
+
+def _checked(path: Path, shapes: dict[str, tuple[int, ...]], build: Callable[[], torch.nn.Module]):
+    """``build()`` run on the ``meta`` device (nothing allocated), its size bounded by :data:`MAX_NUMBERS`
+    and its tensors' names and shapes required to be the file's ``shapes``: metadata that lies about
+    the network is refused before it is allocated."""
+    try:
         with torch.device("meta"):
-            if "gaussian_residual" in unet:
-                net = GaussianResidualUNet(
-                    unet["gaussian_residual"], unet["widths"], unet["blocks"], unet["emb_dim"]
-                )
-            else:
-                net = UNet(unet["channels"], unet["widths"], unet["blocks"], unet["emb_dim"])
+            net = build()
     except Exception as err:  # the metadata is the file's: any failure means it describes no network
         raise ValueError(f"{path}: its metadata describes no network ({type(err).__name__}: {err})") from err
     expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
@@ -218,9 +226,14 @@ def noise_classifier(
 ) -> NoiseLevelClassifier:
     """The noise-level classifier bundled with a prior (``p(sigma index | x)`` on its log-uniform grid)."""
     path = _resolve(name_or_path, "-noise") if str(name_or_path) in NAMES else Path(name_or_path)
-    meta, tensors = _read(path, FORMAT_CLASSIFIER)
-    config = meta["config"]
-    classifier = NoiseLevelClassifier(config["channels"], tensors["sigmas"], config["width"])
-    classifier.load_state_dict(tensors)
+    meta, shapes = _header(path, FORMAT_CLASSIFIER)
+
+    def build() -> NoiseLevelClassifier:
+        with safe_open(str(path), framework="pt") as f:
+            sigmas = f.get_tensor("sigmas")  # (K,), on the CPU: the constructor checks its values
+        return NoiseLevelClassifier(meta["config"]["channels"], sigmas, meta["config"]["width"])
+
+    classifier = _checked(path, shapes, build)
+    classifier.load_state_dict(_read(path, FORMAT_CLASSIFIER)[1], assign=True)
     classifier.held_out_accuracy = meta.get("held_out_accuracy")
     return classifier.to(device=device, dtype=dtype).eval().requires_grad_(False)

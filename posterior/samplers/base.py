@@ -179,7 +179,7 @@ class Sampler:
         *,
         chains: int = 1,
         seed: int | torch.Generator | None = None,
-        progress: bool = True,
+        progress: bool | str = True,
         callback: Callable[[int, dict], None] | None = None,
         checkpoint: str | os.PathLike | None = None,
         checkpoint_every: int = 10,
@@ -202,8 +202,8 @@ class Sampler:
             independent groups of draws).
         seed : int or torch.Generator, optional
             The same seed gives the same samples on the same device.
-        progress : bool
-            Show a progress bar.
+        progress : bool or str
+            Show a progress bar (a string is its label; it stays as one line when done).
         callback : callable, optional
             Called as ``callback(step, state)`` after every step, ``state`` a dict of tensors.
         checkpoint : path, optional
@@ -226,6 +226,7 @@ class Sampler:
         PosteriorSamples
             ``samples`` of shape ``(chains, num_samples, *prior.event_shape)``.
         """
+        check_settings(self)  # again: a field may have been changed since the sampler was built
         num_samples = as_int(num_samples, "num_samples", minimum=1)
         chains = as_int(chains, "chains", minimum=1)
         if not isinstance(problem, InverseProblem):

@@ -18,6 +18,7 @@ tuples and dicts of them; files are read with ``torch.load(weights_only=True)``,
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -35,7 +36,7 @@ from operators.checks import as_int
 from posterior.diagnostics import RANGE_FACTOR, out_of_range
 from posterior.utils import atomic_write, refuse_to_replace, wrong_field
 
-FORMAT = 1
+FORMAT = 2  # 2: the fingerprint of issue 20 (settings, seed, digests)
 # A checkpoint's fields and their types, checked before any is used
 FIELDS = {
     "format": int,
@@ -62,7 +63,8 @@ class Loop:
     fingerprint : callable returning a dict
         What a checkpoint must match to be resumed (:func:`fingerprint`); computed at the start when
         ``checkpoint`` or ``resume`` is given, else only if a failed run saves its state.
-    progress : bool
+    progress : bool or str
+        Show a progress bar (a string is its label).
     callback : callable, optional
         ``callback(step, state)`` after every step.
     checkpoint : path, optional
@@ -82,7 +84,7 @@ class Loop:
         counters,
         fingerprint: Callable[[], dict],
         *,
-        progress: bool = True,
+        progress: bool | str = True,
         callback: Callable[[int, dict], None] | None = None,
         checkpoint: str | os.PathLike | None = None,
         checkpoint_every: int = 10,
@@ -123,10 +125,11 @@ class Loop:
             start, state = self.load(self.resume_from)
         self.last_good = self.snapshot(start, state)
         if self.progress:
-            from tqdm.auto import tqdm
+            from tqdm import tqdm  # the plain bar: one text line, also in Jupyter (no widget)
 
             done = start if shown is None else shown(start, state)
-            self.bar = tqdm(total=total, initial=done, desc=self.name, leave=False, dynamic_ncols=True)
+            desc = self.progress if isinstance(self.progress, str) else self.name  # e.g. "AFDPS (1 of 2)"
+            self.bar = tqdm(total=total, initial=done, desc=desc, leave=True, dynamic_ncols=True)
         return start, state
 
     def done(
@@ -164,7 +167,7 @@ class Loop:
     def fail(self, step: int, sigma: float | Tensor, what: str, hint: str | None = None):
         """Save the last good state and raise ``FloatingPointError`` naming the sampler, step, sigma and
         the file that holds the state: the checkpoint path, or without one :meth:`last_good_path`
-        (one file per sampler in the temporary folder, replaced by its next failure)."""
+        (one file per sampler and process in the temporary folder, replaced by its next failure)."""
         self.close()
         where = ""
         if self.last_good is not None and self.group is None:
@@ -173,15 +176,16 @@ class Loop:
                 self.save(path, self.last_good)
                 where = f" The last good state (step {self.step}) is saved in {path}"
             except OSError as err:  # a read-only folder, a file that is not a checkpoint
-                where = f" The last good state could not be saved: {err}"
+                where = f" The last good state could not be saved ({err}); pass checkpoint= to choose where"
         hint = hint or "lower the step size or check the prior and the likelihood"
         sigma = float(torch.as_tensor(sigma).max())
         raise FloatingPointError(f"{self.name}: {what} at step {step} (sigma={sigma:.4g}); {hint}.{where}")
 
     def last_good_path(self) -> Path:
         """Where a run without ``checkpoint=`` saves its last good state when it fails:
-        ``posterior-<sampler>-last-good.pt`` in :func:`tempfile.gettempdir` (``$TMPDIR``)."""
-        return Path(tempfile.gettempdir()) / f"posterior-{self.name}-last-good.pt"
+        ``posterior-<sampler>-<process id>-last-good.pt`` in :func:`tempfile.gettempdir` (``$TMPDIR``),
+        so that runs in parallel processes keep their own."""
+        return Path(tempfile.gettempdir()) / f"posterior-{self.name}-{os.getpid()}-last-good.pt"
 
     @property
     def step(self) -> int:
@@ -295,9 +299,12 @@ def mismatch(saved: dict, current: dict) -> str | None:
         if saved.get(field) == value:
             continue
         if field == "config" and isinstance(saved.get(field), str):
-            old, new = json.loads(saved[field]), json.loads(value)
+            try:
+                old, new = json.loads(saved[field]), json.loads(value)
+            except ValueError:
+                return "its config is not readable"
             for key in new:
-                if old.get(key) != new[key]:
+                if isinstance(old, dict) and old.get(key) != new[key]:
                     return f"its setting {key} is {old.get(key)!r}, this run's is {new[key]!r}"
         if field in ("operator", "noise", "prior", "y", "config") or field not in saved:
             return f"its {field} differs from this run's"
@@ -321,16 +328,19 @@ def digest(obj) -> str:
     attributes), tensors' dtypes, shapes and bytes, numbers, strings, containers and functions (their
     code, constants and closures)."""
     h = hashlib.sha256()
-    _feed(h, obj, set())
+    _feed(h, obj, {})
     return h.hexdigest()
 
 
-def _feed(h, obj, seen: set) -> None:
+def _feed(h, obj, seen: dict) -> None:
+    """Feed ``obj`` into the hash ``h``; ``seen`` holds the containers and objects already fed (kept
+    alive, so that a freed temporary's address is not mistaken for one of them)."""
+
     def put(*parts):
         for part in parts:
             h.update(part if isinstance(part, bytes) else str(part).encode() + b"\0")
 
-    if obj is None or isinstance(obj, bool | int | float | complex | str | torch.dtype | torch.device):
+    if obj is None or isinstance(obj, bool | int | float | complex | str | bytes | torch.dtype | torch.device):
         return put(type(obj).__name__, repr(obj))
     if isinstance(obj, Tensor):
         t = obj.detach().cpu()
@@ -344,8 +354,8 @@ def _feed(h, obj, seen: set) -> None:
     if isinstance(obj, numpy.ndarray | numpy.generic):
         return put("array", obj.dtype, obj.shape, numpy.ascontiguousarray(obj).tobytes())
     if id(obj) in seen:
-        return put("cycle")
-    seen.add(id(obj))
+        return put("seen")
+    seen[id(obj)] = obj
     if isinstance(obj, list | tuple):
         put(type(obj).__name__, len(obj))
         for item in obj:
@@ -356,17 +366,22 @@ def _feed(h, obj, seen: set) -> None:
             _feed(h, key, seen)
             _feed(h, obj[key], seen)
     elif isinstance(obj, types.MethodType):
-        _feed(h, obj.__func__, seen)
-        _feed(h, obj.__self__, seen)
+        _feed(h, [obj.__func__, obj.__self__], seen)
+    elif isinstance(obj, functools.partial):
+        _feed(h, ["partial", obj.func, obj.args, obj.keywords], seen)
+    elif isinstance(obj, types.CodeType):
+        put("code", obj.co_code)
+        _feed(h, list(obj.co_consts), seen)  # nested functions' code too
     elif isinstance(obj, types.FunctionType):
-        code = obj.__code__
-        put("function", obj.__module__, obj.__qualname__, code.co_code)
-        _feed(h, [c for c in code.co_consts if not isinstance(c, types.CodeType)], seen)
-        _feed(h, [cell.cell_contents for cell in obj.__closure__ or ()], seen)
-        _feed(h, obj.__defaults__, seen)
+        put("function", obj.__module__, obj.__qualname__)
+        closure = [cell.cell_contents for cell in obj.__closure__ or ()]
+        _feed(h, [obj.__code__, closure, obj.__defaults__, obj.__kwdefaults__], seen)
+    elif isinstance(obj, types.BuiltinFunctionType | types.BuiltinMethodType):
+        put("builtin", getattr(obj, "__module__", None), obj.__qualname__)
     else:
         put(type(obj).__module__, type(obj).__qualname__)
-        attributes = {k: v for k, v in getattr(obj, "__dict__", {}).items() if k not in getattr(obj, "_cached", ())}
+        cached = getattr(obj, "_cached", ())
+        attributes = {k: v for k, v in getattr(obj, "__dict__", {}).items() if k not in cached}
         if isinstance(obj, torch.nn.Module):  # its tensors, and what else its owner set on it
             attributes = {k: v for k, v in attributes.items() if not k.startswith("_") and k != "training"}
             attributes["state_dict"] = dict(obj.state_dict())

@@ -4,20 +4,20 @@ from a table.
 Each sampler class declares ``limits``, a dict from a field name to a :class:`Range` or a tuple of the
 allowed strings; the tables of the base classes apply too. :func:`check_settings` then refuses, with one
 line naming the sampler, the field, its value and what was expected, an int field given a float or a bool,
-a float that is not finite, a value outside its range or a string outside its choices. Numpy numbers are
-turned into Python ones and ints given to float fields into floats, so that equal settings compare equal
-(and a checkpoint's fingerprint does not depend on how a number was written).
+a float that is not finite, a value outside its range or a string outside its choices (the rules of
+:mod:`operators.checks`). Numpy numbers are turned into Python ones and ints given to float fields into
+floats, so that equal settings compare equal (and a checkpoint's fingerprint does not depend on how a
+number was written); :meth:`Sampler.sample` checks again, after any change to a field.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 import types
 import typing
 
-import numpy
+from operators.checks import as_bool, as_float, as_int, short
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,43 +75,35 @@ def check_settings(sampler) -> None:
 
 def _typed(value, hint, where: str):
     """``value`` as the annotation ``hint`` asks (int, float, bool, str, None, ``tuple[float, ...]`` and
-    unions of them; other annotations accept anything), or ``TypeError``."""
+    unions of them, with the rules of :mod:`operators.checks`; other annotations accept anything):
+    ``TypeError`` when it is none of them, ``ValueError`` for a float that is not finite."""
     union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
     members = typing.get_args(hint) if union else (hint,)
-    checked = [m for m in members if m in (int, float, bool, str, type(None)) or typing.get_origin(m) is tuple]
-    if len(checked) < len(members):
+    if not all(m in _NAMES or typing.get_origin(m) is tuple for m in members):
         return value
     for member in members:
-        converted = _as(value, member)
+        converted = _as(value, member, where)
         if converted is not _REFUSED:
-            if isinstance(converted, float) and not math.isfinite(converted):
-                raise ValueError(f"{where} must be finite, got {value!r}")
-            if isinstance(converted, tuple) and not all(math.isfinite(v) for v in converted):
-                raise ValueError(f"{where} must be finite, got {value!r}")
             return converted
     expected = " or ".join(_NAMES.get(m, "a tuple of floats") for m in members)
-    raise TypeError(f"{where} must be {expected}, got {value!r} ({type(value).__name__})")
+    raise TypeError(f"{where} must be {expected}, got {short(value)} ({type(value).__name__})")
 
 
 _REFUSED = object()
 _NAMES = {int: "an int", float: "a float", bool: "a bool", str: "a string", type(None): "None"}
+_CONVERT = {int: as_int, float: as_float, bool: as_bool}
 
 
-def _as(value, member):
-    """``value`` converted to the annotation ``member``, or ``_REFUSED``."""
-    if member is type(None):
-        return None if value is None else _REFUSED
-    if member is bool:
-        return bool(value) if isinstance(value, bool | numpy.bool_) else _REFUSED
-    if isinstance(value, bool | numpy.bool_):
-        return _REFUSED  # a bool is not a number here
-    if member is int:
-        return int(value) if isinstance(value, numbers.Integral) else _REFUSED
-    if member is float:
-        return float(value) if isinstance(value, numbers.Real) else _REFUSED
-    if member is str:
-        return value if isinstance(value, str) else _REFUSED
-    if isinstance(value, tuple | list) and value:  # tuple[float, ...]
-        items = [_as(v, typing.get_args(member)[0]) for v in value]
-        return _REFUSED if any(v is _REFUSED for v in items) else tuple(items)
-    return _REFUSED
+def _as(value, member, where: str):
+    """``value`` converted to the annotation ``member``, or ``_REFUSED`` if it is of another type."""
+    if member is type(None) or member is str:
+        return value if isinstance(value, member) else _REFUSED
+    try:
+        if member in _CONVERT:
+            return _CONVERT[member](value, where)
+    except TypeError:
+        return _REFUSED
+    if not isinstance(value, tuple | list) or not value:  # tuple[float, ...]
+        return _REFUSED
+    items = [_as(v, typing.get_args(member)[0], where) for v in value]
+    return _REFUSED if any(v is _REFUSED for v in items) else tuple(items)

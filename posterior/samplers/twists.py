@@ -146,10 +146,13 @@ def likelihood_scale(problem, x: Tensor, iters: int = 30, remedy: str = "set tem
         if not norm > 0 or not math.isfinite(norm):
             break
         v = hv / norm
-    if not abs(curvature) > 0 or not math.isfinite(curvature):
+    if not math.isfinite(curvature):
         raise ValueError(
-            f"the likelihood ({type(problem.noise).__name__}) has no finite curvature at the prior mean; {remedy}"
+            "the forward model or the likelihood is not finite (or not differentiable) at the prior mean; "
+            "check the operator's domain"
         )
+    if not abs(curvature) > 0:
+        raise ValueError(f"the likelihood ({type(problem.noise).__name__}) has no curvature at the prior mean; {remedy}")
     return 1.0 / math.sqrt(abs(curvature))
 
 

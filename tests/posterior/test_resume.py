@@ -1,11 +1,14 @@
 """Resuming refuses a checkpoint of any other run, naming the first field that differs."""
 
+import functools
+
 import pytest
 import torch
 
 import operators as ops
 import posterior as post
 from posterior.priors import GaussianMixture
+from posterior.samplers.loop import digest, mismatch
 
 
 def setup(sigma=0.5, matrix_seed=1000, prior_seed=0, dtype=torch.float64, y_shift=0.0):
@@ -72,3 +75,44 @@ def test_a_seed_generator_is_fingerprinted_by_its_state(tmp_path):
     with pytest.raises(ValueError, match="its seed is generator"):
         run(path, "resume", seed=torch.Generator().manual_seed(6))
     run(path, "resume", seed=torch.Generator().manual_seed(5))
+
+
+def _matrix(scale):
+    return ops.Matrix(torch.eye(2, dtype=torch.float64) * scale)
+
+
+def _closure(scale):
+    W = torch.eye(2, dtype=torch.float64) * scale
+    return ops.Function(lambda x: x @ W.T, in_shape=(2,), out_shape=(2,))
+
+
+def _scaled(x, W):
+    return x @ W.T
+
+
+DIGESTS = {  # case -> a builder of two objects from a parameter: equal parameters, equal digests
+    "composition": lambda s: _matrix(1.0) @ _matrix(s),
+    "sum": lambda s: _matrix(1.0) + _matrix(s) * 2,
+    "list of operators": lambda s: [_matrix(1.0), _matrix(s)],
+    "closure": _closure,
+    "partial": lambda s: functools.partial(_scaled, W=torch.eye(2) * s),
+    "builtin": lambda s: [torch.sin, torch.tanh][int(s) - 1],
+    "stacked prior": lambda s: post.priors.StackedPrior(
+        [GaussianMixture.grid(2, seed=0), GaussianMixture.grid(2, seed=int(s))]
+    ),
+}
+
+
+@pytest.mark.parametrize("case", DIGESTS)
+def test_digests_see_every_part_and_match_a_rebuild(case):
+    """What the reviewer found: the second part of a composite was skipped (a freed temporary's address
+    reused); closures, partials and builtins were hashed by type only."""
+    build = DIGESTS[case]
+    assert digest(build(1.0)) == digest(build(1.0))
+    assert digest(build(1.0)) != digest(build(2.0))
+
+
+def test_the_device_field_and_an_old_format_are_named():
+    current = {"sampler": "AFDPS", "device": "cpu"}
+    assert mismatch({"sampler": "AFDPS", "device": "cuda:0"}, current) == "its device is cuda:0, this run's is cpu"
+    assert mismatch(dict(current), current) is None
