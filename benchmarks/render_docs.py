@@ -2,7 +2,8 @@
 
 A generated table sits between ``<!-- table: NAME -->`` and ``<!-- end table -->`` in a page of
 ``docs/``. It is rendered from JSON files in ``docs/results/`` (see ``TABLES``), each of which records
-the command that wrote it; those commands and this one are named under the table. ``--check`` rewrites
+the command that wrote it; those commands and this one are named under the table. The tables of
+``GENERATED`` come from the code instead (the job fields of ``docs/cli.md``: ``posterior.jobs.SCHEMA``). ``--check`` rewrites
 nothing and exits with status 1 when a table differs from what its JSON renders
 (``tests/benchmarks/test_render_docs.py`` runs it).
 
@@ -326,8 +327,23 @@ TABLES = {  # name -> (JSON files under docs/results, renderer of their rows poo
 }
 
 
+def job_fields() -> list[str]:
+    """Every field of the job file of ``posterior run``, from the schema that validates it."""
+    from posterior import jobs
+
+    return jobs.field_table()
+
+
+GENERATED = {  # name -> renderer of a table drawn from the code itself, not from JSON
+    "job-fields": job_fields,
+}
+
+
 def render(name: str) -> str:
     """The text between the markers of table ``name``: the table, then the commands that regenerate it."""
+    if name in GENERATED:
+        note = "Generated from `SCHEMA` in `posterior/jobs.py` by `python benchmarks/render_docs.py`."
+        return "\n".join([*GENERATED[name](), "", note]) + "\n"
     if name not in TABLES:
         raise KeyError(f"unknown table {name!r}; known: {', '.join(TABLES)}")
     stems, renderer = TABLES[name]

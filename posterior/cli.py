@@ -8,21 +8,24 @@ figures, ``report.md``, the saved result) with an ArviZ summary. Offline.
 ``posterior run CONFIG.toml`` runs one sampler on one problem declared in a file::
 
     [prior]
-    name = "digits"                 # a bundled prior or a weight file
+    name = "digits"                 # a bundled prior or a weight file; or factory = "module:make_prior"
 
     [operator]
-    type = "inpainting"             # inpainting | downsample | blur | identity
-    top = 0                         # inpainting: the hidden box
+    type = "inpainting"             # inpainting | blur | downsample | radon | mri | matrix | identity
+    top = 0                         # inpainting: the hidden box; or function = "module:make_operator"
     left = 0
     height = 8
     width = 16
 
     [noise]
-    sigma = 0.05                    # Gaussian noise
+    sigma = 0.05                    # Gaussian noise; or type = poisson | laplace | student_t, or a Pyro model
+
+    [measurement]
+    file = "y.npy"                  # optional: your y (.npy, .safetensors, an image with its range)
 
     [truth]
-    dataset = "digits"              # held-out images: digits | phantoms; y is simulated from one
-    index = 0
+    dataset = "digits"              # held-out images: digits | phantoms, or file = "x.npy"; y is
+    index = 0                       # simulated from it when there is no measurement
 
     [sampler]
     name = "AFDPS"                  # any class of posterior.samplers; other keys are its fields
@@ -35,6 +38,8 @@ figures, ``report.md``, the saved result) with an ArviZ summary. Offline.
     checkpoint_every = 10           # optional: write output/checkpoint.pt every 10 steps (--resume continues)
     max_batch = 256                 # optional: network micro-batches of at most 256 rows
 
+The sections and fields are declared in :mod:`posterior.jobs` (``SCHEMA``), which builds the problem;
+docs/cli.md lists them, generated from it.
 Every key and the type of every value are checked when the file is read, before anything runs; an
 unknown, mistyped or ill-typed one is an error that names it (``sampler.stepz``,
 ``run.num_samples must be an int, got '16' (str)``, ``sampler: AFDPS: steps must be an int, got '3' (str)``).
@@ -51,7 +56,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
-import json
 import shutil
 import sys
 import time
@@ -59,63 +63,20 @@ import tomllib
 import typing
 from pathlib import Path
 
+from posterior import jobs
+from posterior.jobs import ConfigError
+
 # torch (and the package's samplers) are imported inside the commands, so that `posterior --help`
 # answers at once (tests/posterior/test_cli_help.py)
 if typing.TYPE_CHECKING:
     import torch
 
 BENCHMARKS = ("gmm", "cost", "images", "dehazing", "calibration", "priors", "mcmc_digits", "gpu_check")
-SCHEMA = {  # section -> key -> type (the sampler's own fields are checked against its class)
-    "prior": {"name": str},
-    "operator": {
-        "type": str,
-        "top": int,
-        "left": int,
-        "height": int,
-        "width": int,
-        "factor": int,
-        "std": float,
-    },
-    "noise": {"sigma": float},
-    "truth": {"dataset": str, "index": int},
-    "sampler": None,
-    "run": {"num_samples": int, "chains": int, "output": str, "checkpoint_every": int, "max_batch": int},
-}
-OPERATORS = {
-    "inpainting": ({"top", "left", "height", "width"}, lambda ops, s, c: ops.Inpainting.box(s, **c)),
-    "downsample": ({"factor"}, lambda ops, s, c: ops.Downsample(s, c["factor"])),
-    "blur": ({"std"}, lambda ops, s, c: ops.Blur.gaussian(s, std=c["std"])),
-    "identity": (set(), lambda ops, s, c: ops.Identity(s)),
-}
 JOB = "job.toml"  # the copy of the job file in the output folder
 RUN_FILES = ("checkpoint.pt", "report.md", "samples.safetensors", "summary.csv", "summary.png", "draws.png",
              "convergence.png", "smc_ess.png", "ranks.png", "coverage.png")  # what a run writes (job.toml aside)
 BAD_JOB = (ValueError, TypeError, KeyError, OSError)  # exit 2: the job cannot run as written
 FAILED_RUN = (ArithmeticError, RuntimeError, MemoryError)  # exit 1: the run started and failed
-
-
-class ConfigError(ValueError):
-    """A configuration file that cannot run; the message names the field."""
-
-
-def _show(value) -> str:
-    """``value`` as it would be written in TOML (strings quoted), for messages."""
-    return json.dumps(value) if isinstance(value, str | bool) else repr(value)
-
-
-def _typed(key: str, value, kind: type):
-    """``value`` read from the job as ``kind`` (``SCHEMA``; the rules of :mod:`operators.checks`, ints
-    accepted for floats), or a ConfigError naming ``key``. The sampler checks its own fields."""
-    from operators.checks import as_float, as_int
-
-    if kind is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{key} must be a string, got {_show(value)}")
-    try:
-        return {int: as_int, float: as_float}[kind](value, key)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(str(err)) from None
 
 
 def _samplers() -> dict:
@@ -165,22 +126,24 @@ def load_config(path: str | Path, device: str = "cpu") -> dict:
 
 
 def _build(config: dict, path: Path, device: str) -> dict:
-    import operators as ops
+    """The objects to run from a job read from TOML, checked against :data:`posterior.jobs.SCHEMA`."""
     import posterior as post
 
+    folder = path.parent
     for section, value in config.items():
-        if section not in SCHEMA:
-            raise ConfigError(f"{section}: unknown section; expected {sorted(SCHEMA)}")
+        if section not in jobs.SCHEMA:
+            raise ConfigError(f"{section}: unknown section; expected {sorted(jobs.SCHEMA)}")
+        if section == "operator" and isinstance(value, list):
+            continue  # a composition: each table is checked as it is built
         if not isinstance(value, dict):
-            raise ConfigError(f"{section}: expected a table [{section}], got {_show(value)}")
-        allowed = SCHEMA[section]
-        for key in value if allowed is not None else ():  # the sampler's fields: against its class below
-            if key not in allowed:
-                raise ConfigError(f"{section}.{key}: unknown field; expected one of {sorted(allowed)}")
-            value[key] = _typed(f"{section}.{key}", value[key], allowed[key])
-    for section in ("prior", "operator", "noise", "truth", "sampler"):
+            raise ConfigError(f"{section}: expected a table [{section}], got {jobs.show(value)}")
+        if jobs.SCHEMA[section] is not None:  # the sampler's fields: against its class below
+            jobs.check_section(section, value)
+    for section in ("prior", "operator", "noise", "sampler"):
         if section not in config:
             raise ConfigError(f"{section}: missing section")
+    if "measurement" not in config and "truth" not in config:
+        raise ConfigError("measurement: missing section; give [measurement] file, or a [truth] to simulate y from")
 
     def field(section: str, key: str, default=None):
         value = config.get(section, {}).get(key, default)
@@ -195,13 +158,10 @@ def _build(config: dict, path: Path, device: str) -> dict:
         return value
 
     num_samples, chains = positive("num_samples", 16), positive("chains", 4)
-    sigma = field("noise", "sigma")
-    if not sigma > 0:
-        raise ConfigError(f"noise.sigma: must be > 0, got {sigma}")
     sampler_config = dict(config["sampler"])
     name, samplers = sampler_config.pop("name", None), _samplers()
     if not isinstance(name, str) or name not in samplers:
-        raise ConfigError(f"sampler.name: unknown sampler {_show(name)}; expected one of {sorted(samplers)}")
+        raise ConfigError(f"sampler.name: unknown sampler {jobs.show(name)}; expected one of {sorted(samplers)}")
     cls = samplers[name]
     fields = {f.name for f in dataclasses.fields(cls)}
     for key in sampler_config:
@@ -212,32 +172,54 @@ def _build(config: dict, path: Path, device: str) -> dict:
     except (ValueError, TypeError) as err:
         raise ConfigError(f"sampler: {err}") from err
 
-    try:  # any failure to load the named prior (a bad weight file, a missing one) is about prior.name
-        prior = post.priors.pretrained(field("prior", "name"), device=device)
-    except Exception as err:
-        raise ConfigError(f"prior.name: {err}") from err
-    kind = field("operator", "type")
-    if kind not in OPERATORS:
-        raise ConfigError(f"operator.type: unknown operator {kind!r}; expected one of {sorted(OPERATORS)}")
-    needed, build = OPERATORS[kind]
-    given = set(config["operator"]) - {"type"}
-    if given != needed:
-        raise ConfigError(f"operator: {kind} takes fields {sorted(needed)}, got {sorted(given)}")
+    prior, prior_name, data_range, prior_key = jobs.build_prior(config["prior"], folder, device)
+    event_shape = tuple(prior.event_shape)
+    operator = jobs.build_operator(config["operator"], event_shape, folder, f"prior.{prior_key}")
     try:
-        operator = build(ops, prior.event_shape, {k: config["operator"][k] for k in needed})
+        noise = jobs.build_noise(config["noise"], folder)
+        noise.check_out_shape(operator.out_shape)  # a per-element sigma fits y
+    except ConfigError:
+        raise
     except (ValueError, TypeError) as err:
-        raise ConfigError(f"operator: {err}") from err
-    truth = _held_out(field("truth", "dataset"), field("truth", "index", 0), prior.event_shape[-1])
-    if tuple(truth.shape) != tuple(prior.event_shape):
-        raise ConfigError(
-            f"truth: an image of shape {tuple(truth.shape)} for a prior of shape {prior.event_shape}"
-        )
+        field = "noise.sigma" if isinstance(config["noise"].get("sigma"), str) else "noise"  # a file's shape
+        raise ConfigError(f"{field}: {err}") from err
+    dtype = prior.dtype
+    truth = y = None
+    if "truth" in config:
+        table = config["truth"]
+        if ("file" in table) == ("dataset" in table):
+            raise ConfigError("truth: give exactly one of truth.file and truth.dataset")
+        if "file" in table:
+            extra = sorted(set(table) & {"index"})
+            if extra:
+                raise ConfigError("truth.index: used with truth.dataset, not truth.file")
+            truth = jobs.data_file(table, "truth", folder, data_range, event_shape, "the prior's event shape")
+        else:
+            extra = sorted(set(table) & {"key", "range"})
+            if extra:
+                raise ConfigError(f"truth.{extra[0]}: used with truth.file, not truth.dataset")
+            truth = _held_out(table["dataset"], table.get("index", 0), event_shape[-1])
+            if tuple(truth.shape) != event_shape:
+                raise ConfigError(f"truth: an image of shape {tuple(truth.shape)} for a prior of shape {event_shape}")
+        truth = truth.to(dtype)
+    if "measurement" in config:
+        table = config["measurement"]
+        if "file" not in table:
+            raise ConfigError("measurement.file: missing")
+        y = jobs.data_file(
+            table, "measurement", folder, data_range, operator.out_shape, "the operator's output shape"
+        ).to(dtype)
+        try:  # y against the noise model's support (e.g. counts for Poisson) and its parameters' shapes
+            post.InverseProblem(operator, noise, y)
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"measurement.file: {err}") from err
     return {
         "prior": prior,
-        "prior_name": field("prior", "name"),
+        "prior_name": prior_name,
         "operator": operator,
-        "noise": ops.GaussianNoise(sigma),
+        "noise": noise,
         "truth": truth,
+        "y": y,
         "sampler": sampler,
         "num_samples": num_samples,
         "chains": chains,
@@ -303,7 +285,7 @@ def solve(
     directory: Path | None = None,
     resume: bool = False,
 ) -> Path:
-    """Simulate ``y`` from the truth, run the sampler, write the run report; returns ``report.md``.
+    """Simulate ``y`` from the truth (unless ``config["y"]`` is the measurement), run the sampler, write the run report; returns ``report.md``.
 
     ``progress`` may be the progress bar's label (e.g. ``"AFDPS (1 of 2)"``). ``config`` may name its
     prior (``prior_name``) for the report. With ``checkpoint_every`` the run's state goes to
@@ -315,8 +297,11 @@ def solve(
     from posterior import plots
 
     prior = config["prior"]
-    truth = config["truth"].to(device)
-    y = config["noise"].sample(config["operator"](truth[None]), torch.Generator(device).manual_seed(seed))[0]
+    truth, y = config.get("truth"), config.get("y")
+    if y is None:  # simulated from the truth
+        truth = truth.to(device)
+        y = config["noise"].sample(config["operator"](truth[None]), torch.Generator(device).manual_seed(seed))[0]
+    y = y.to(device)
     problem = post.InverseProblem(config["operator"], config["noise"], y)
     directory = directory or config["output"]
     checkpoint = directory / "checkpoint.pt"
@@ -335,7 +320,7 @@ def solve(
     path = plots.write_report(
         result,
         directory,
-        truth=truth.cpu(),
+        truth=None if truth is None else truth.cpu(),
         problem=problem,
         prior=config.get("prior_name", prior),
         seed=seed,
@@ -503,7 +488,8 @@ def main(argv: list[str] | None = None) -> None:
         parents=[common, written],
         help="run the problem and sampler of a TOML file",
         description="Run the problem and sampler of a TOML run file and write its report. The run file's "
-        "sections ([prior], [operator], [noise], [truth], [sampler], [run]) are described in docs/cli.md.",
+        "sections ([prior], [operator], [noise], [measurement], [truth], [sampler], [run]) are described in "
+        "docs/cli.md.",
     )
     run.add_argument(
         "config", type=Path, help="the run file, a TOML file: its sections and keys are described in docs/cli.md"

@@ -159,7 +159,8 @@ def summary_maps(
     """The measurement (given ``problem``: :func:`measurement_view`; on its own scale when its values lie
     outside the others'), the truth (given ``truth``, shape ``event_shape``) and the posterior mean on
     one grey scale, then the per-pixel std, the width of the
-    central ``level`` interval and ``|mean - truth|``, each with its colour bar; PSNR, SSIM and the
+    central ``level`` interval and ``|mean - truth|`` (without a truth: the data fit ``|y - A(mean)|`` of
+    an image-shaped ``y``), each with its colour bar; PSNR, SSIM and the
     coverage of the truth (:func:`scores`), NFE and time in the title."""
     mean = result.mean()
     lower, upper = result.interval(level)
@@ -186,6 +187,11 @@ def summary_maps(
     ]
     if truth is not None:
         panels.append(((mean - truth.to(mean.device)).abs(), "|mean - truth|", {"cmap": "magma"}))
+    elif problem is not None and _is_image(problem.operator.out_shape):  # no truth: the data fit
+        y = problem.y[0] if problem.batched else problem.y
+        with torch.no_grad():
+            fit = problem.operator(mean[None].to(device=y.device, dtype=y.dtype))[0]
+        panels.append(((y - fit).abs().cpu(), "|y - A(mean)| (data fit)", {"cmap": "magma"}))
     fig = Figure(figsize=(2.9 * len(panels), 3.3), layout="constrained")
     for ax, (value, title, keywords) in zip(
         fig.subplots(1, len(panels), squeeze=False)[0], panels, strict=True
