@@ -38,6 +38,11 @@ figures, ``report.md``, the saved result) with an ArviZ summary. Offline.
     checkpoint_every = 10           # optional: write output/checkpoint.pt every 10 steps (--resume continues)
     max_batch = 256                 # optional: network micro-batches of at most 256 rows
 
+A job of many measurements (``measurement.files = "scans/*.npy"``, or a ``file`` with ``stacked =
+true``) runs one problem per measurement through :func:`posterior.distributed.run_many` (measurement
+``k`` with seed ``--seed + k``; ``--workers N`` local processes, which give the same draws), writes a
+run report in ``output/<name>/`` for each and ``summary.csv`` and ``summary.md`` over them.
+
 The sections and fields are declared in :mod:`posterior.jobs` (``SCHEMA``), which builds the problem;
 docs/cli.md lists them, generated from it.
 Every key and the type of every value are checked when the file is read, before anything runs; an
@@ -75,6 +80,7 @@ BENCHMARKS = ("gmm", "cost", "images", "dehazing", "calibration", "priors", "mcm
 JOB = "job.toml"  # the copy of the job file in the output folder
 RUN_FILES = ("checkpoint.pt", "report.md", "samples.safetensors", "summary.csv", "summary.png", "draws.png",
              "convergence.png", "smc_ess.png", "ranks.png", "coverage.png")  # what a run writes (job.toml aside)
+SUMMARY_FILES = ("summary.csv", "summary.md")  # what a run of many measurements writes besides its runs
 BAD_JOB = (ValueError, TypeError, KeyError, OSError)  # exit 2: the job cannot run as written
 FAILED_RUN = (ArithmeticError, RuntimeError, MemoryError)  # exit 1: the run started and failed
 
@@ -184,12 +190,18 @@ def _build(config: dict, path: Path, device: str) -> dict:
         field = "noise.sigma" if isinstance(config["noise"].get("sigma"), str) else "noise"  # a file's shape
         raise ConfigError(f"{field}: {err}") from err
     dtype = prior.dtype
-    truth = y = None
+    truth = y = many = None
+    measurement = config.get("measurement", {})
     if "truth" in config:
         table = config["truth"]
-        if ("file" in table) == ("dataset" in table):
-            raise ConfigError("truth: give exactly one of truth.file and truth.dataset")
-        if "file" in table:
+        if sum(k in table for k in ("file", "files", "dataset")) != 1:
+            raise ConfigError("truth: give exactly one of truth.file, truth.files and truth.dataset")
+        if "files" in table:
+            if "files" not in measurement:
+                raise ConfigError("truth.files: used with measurement.files (one truth per measurement)")
+            if "index" in table:
+                raise ConfigError("truth.index: used with truth.dataset, not truth.files")
+        elif "file" in table:
             extra = sorted(set(table) & {"index"})
             if extra:
                 raise ConfigError("truth.index: used with truth.dataset, not truth.file")
@@ -201,11 +213,17 @@ def _build(config: dict, path: Path, device: str) -> dict:
             truth = _held_out(table["dataset"], table.get("index", 0), event_shape[-1])
             if tuple(truth.shape) != event_shape:
                 raise ConfigError(f"truth: an image of shape {tuple(truth.shape)} for a prior of shape {event_shape}")
-        truth = truth.to(dtype)
-    if "measurement" in config:
+        truth = None if truth is None else truth.to(dtype)
+    if "measurement" in config and ("files" in measurement or measurement.get("stacked")):
+        many = _measurements(config, folder, data_range, operator, noise, dtype, event_shape)
+        if positive("checkpoint_every", 0):
+            raise ConfigError("run.checkpoint_every: not supported with many measurements (run_many keeps none)")
+        if many["truths"] is None and truth is not None:  # one truth (e.g. repeated scans of one object)
+            many["truths"] = [truth] * len(many["ys"])
+    elif "measurement" in config:
         table = config["measurement"]
         if "file" not in table:
-            raise ConfigError("measurement.file: missing")
+            raise ConfigError("measurement.file: missing (or measurement.files, a glob of many)")
         y = jobs.data_file(
             table, "measurement", folder, data_range, operator.out_shape, "the operator's output shape"
         ).to(dtype)
@@ -220,6 +238,7 @@ def _build(config: dict, path: Path, device: str) -> dict:
         "noise": noise,
         "truth": truth,
         "y": y,
+        "many": many,
         "sampler": sampler,
         "num_samples": num_samples,
         "chains": chains,
@@ -227,6 +246,63 @@ def _build(config: dict, path: Path, device: str) -> dict:
         "checkpoint_every": positive("checkpoint_every", 0),
         "max_batch": positive("max_batch", 0) or None,
     }
+
+
+def _measurements(config: dict, folder: Path, data_range, operator, noise, dtype, event_shape) -> dict:
+    """Many measurements (``measurement.files``, or ``file`` with ``stacked = true``): their output
+    folders' ``names``, files, ``ys`` (each of the operator's output shape) and ``truths`` (one per
+    measurement, or None)."""
+    import posterior as post
+
+    table, what = config["measurement"], "the operator's output shape"
+    if "files" in table and "file" in table:
+        raise ConfigError("measurement.files: give either measurement.file or measurement.files, not both")
+    if "files" in table:
+        if table.get("stacked"):
+            raise ConfigError("measurement.stacked: used with measurement.file, not measurement.files")
+        files = jobs.matching(table["files"], "measurement.files", folder)
+        ys = [
+            jobs.data_file(table, "measurement", folder, data_range, operator.out_shape, what, name, "files")
+            for name in files
+        ]
+        names = [Path(name).stem for name in files]
+        if len(set(names)) < len(names):  # e.g. "*/y.npy": the folders' names instead
+            names = [str(Path(name).with_suffix("")).replace("/", "_").replace("\\", "_") for name in files]
+        if len(set(names)) < len(names):
+            raise ConfigError(
+                f"measurement.files: {jobs.show(table['files'])} matches files of the same name "
+                "(e.g. a.npy and a.png), whose output folders would collide"
+            )
+    else:
+        if "file" not in table:
+            raise ConfigError("measurement.file: missing (measurement.stacked needs one stacked file)")
+        stack = jobs.data_file(
+            table, "measurement", folder, data_range, operator.out_shape, what, stacked=True
+        )
+        files, ys = [table["file"]] * len(stack), list(stack)
+        width, stem = len(str(len(stack) - 1)), Path(table["file"]).stem
+        names = [f"{stem}_{k:0{width}d}" for k in range(len(stack))]
+    ys = [y.to(dtype) for y in ys]
+    for name, y in zip(files, ys, strict=True):
+        try:  # y against the noise model's support (e.g. counts for Poisson) and its parameters' shapes
+            post.InverseProblem(operator, noise, y)
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"measurement.{'files' if 'files' in table else 'file'}: {name}: {err}") from err
+    truths = None
+    if "files" in config.get("truth", {}):
+        found = jobs.matching(config["truth"]["files"], "truth.files", folder)
+        if len(found) != len(ys):
+            raise ConfigError(
+                f"truth.files: {jobs.show(config['truth']['files'])} matches {len(found)} files "
+                f"for {len(ys)} measurements"
+            )
+        truths = [
+            jobs.data_file(
+                config["truth"], "truth", folder, data_range, event_shape, "the prior's event shape", name, "files"
+            ).to(dtype)
+            for name in found
+        ]
+    return {"names": names, "files": files, "ys": ys, "truths": truths}
 
 
 def _same(a: Path, b: Path | None) -> bool:
@@ -356,8 +432,152 @@ def _demo(args: argparse.Namespace) -> None:
     print(f"done in {time.perf_counter() - start:.0f} s; open {args.out}/*/report.md")
 
 
+def _solve_many(config: dict, indices: list[int], seed: int, directory: Path) -> list[dict]:
+    """Measurements ``indices`` of a job of many through :func:`posterior.distributed.run_many`
+    (measurement ``k`` with seed ``seed + k``, one task each), a run report in ``directory/<name>/``
+    each; their rows of the summary."""
+    import posterior as post
+    from posterior import plots
+    from posterior.distributed import run_many
+
+    many = config["many"]
+    problems = [post.InverseProblem(config["operator"], config["noise"], many["ys"][k]) for k in indices]
+    results = run_many(
+        problems,
+        config["sampler"],
+        config["prior"],
+        config["num_samples"],
+        chains=config["chains"],
+        seeds=[seed + k for k in indices],
+        max_batch=config.get("max_batch"),
+    )
+    rows = []
+    for k, problem, result in zip(indices, problems, results, strict=True):
+        truth = None if many["truths"] is None else many["truths"][k].cpu()
+        plots.write_report(
+            result,
+            directory / many["names"][k],
+            truth=truth,
+            problem=problem,
+            prior=config.get("prior_name", config["prior"]),
+            seed=seed + k,
+        )
+        found = {} if truth is None else plots.scores(result, truth)
+        verdict = result.verdict
+        rows.append(
+            {
+                "index": k,
+                "measurement": many["names"][k],
+                "file": many["files"][k],
+                "seed": seed + k,
+                "verdict": "" if verdict is None else ("ok" if verdict.ok else "failed"),
+                "psnr_db": found.get("psnr"),
+                "ssim": found.get("ssim"),
+                "coverage": found.get("coverage"),
+                "wall_time_s": result.wall_time,
+                "nfe": result.nfe,
+                "vjp": result.grad_evals,
+                "line": "" if verdict is None else verdict.line,
+            }
+        )
+    return rows
+
+
+def _many_worker(job: Path, device: str, threads: int, indices: list[int], seed: int, directory: Path) -> list[dict]:
+    """``--workers``: one local process's share of the measurements; it reads the job itself."""
+    import torch
+
+    torch.set_num_threads(threads)
+    return _solve_many(load_config(job, device), indices, seed, directory)
+
+
+def _write_summary(rows: list[dict], directory: Path, config: dict, seed: int) -> Path:
+    """``summary.csv`` (one row per measurement) and ``summary.md`` in ``directory``; returns the latter."""
+    import csv
+
+    columns = [c for c in rows[0] if c != "line"]
+    with open(directory / "summary.csv", "w", newline="", encoding="utf-8") as file:
+        writer = csv.DictWriter(file, columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows({c: "" if row[c] is None else row[c] for c in columns} for row in rows)
+
+    def number(value, form):
+        return "" if value is None else format(value, form)
+
+    sampler = type(config["sampler"]).__name__
+    lines = [
+        f"# {sampler}: {len(rows)} measurements",
+        "",
+        f"- prior: {config.get('prior_name', '')}; operator: {type(config['operator']).__name__}; "
+        f"noise: {config['noise']!r}",
+        f"- {config['chains']} chains of {config['num_samples']} draws each; measurement k has seed "
+        f"{seed} + k; one run report per measurement, linked below",
+        "",
+        "| measurement | verdict | PSNR of the mean (dB) | SSIM | coverage | time (s) | NFE |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| [{row['measurement']}]({row['measurement']}/report.md) | {row['verdict']} | "
+            f"{number(row['psnr_db'], '.2f')} | {number(row['ssim'], '.3f')} | "
+            f"{number(row['coverage'], '.3f')} | {row['wall_time_s']:.1f} | {row['nfe']} |"
+        )
+    scored = [row["psnr_db"] for row in rows if row["psnr_db"] is not None]
+    failed = [row["measurement"] for row in rows if row["verdict"] == "failed"]
+    lines.append("")
+    if scored:
+        lines.append(f"- mean PSNR over the measurements: {sum(scored) / len(scored):.2f} dB")
+    lines.append(f"- verdict: {len(rows) - len(failed)} of {len(rows)} runs passed their checks")
+    if failed:
+        lines.append(f"- failed: {', '.join(failed)} (see their reports)")
+    path = directory / "summary.md"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _run_many(args: argparse.Namespace, config: dict) -> None:
+    """A job of many measurements: one run each (``--workers`` local processes), one summary."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    many = config["many"]
+    if args.resume:
+        raise ConfigError("--resume: not supported with many measurements (measurement.files or stacked)")
+    directory = args.out or config["output"]
+    _claim(directory, SUMMARY_FILES, args, job=args.config)
+    for name in many["names"]:
+        _claim(directory / name, RUN_FILES, args)
+    directory.mkdir(parents=True, exist_ok=True)
+    if not _same(directory / JOB, args.config):
+        shutil.copyfile(args.config, directory / JOB)
+    count = len(many["ys"])
+    workers = min(args.workers, count)
+    if workers == 1:
+        rows = _solve_many(config, list(range(count)), args.seed, directory)
+    else:  # spawned processes, each reading the job: nothing of it needs to be picklable
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            shares = [
+                pool.submit(
+                    _many_worker, args.config, args.device, args.threads, list(range(w, count, workers)),
+                    args.seed, directory,
+                )
+                for w in range(workers)
+            ]
+            rows = sorted((row for share in shares for row in share.result()), key=lambda row: row["index"])
+    for row in rows:
+        print(f"{row['measurement']}: {row['line']}")
+    path = _write_summary(rows, directory, config, args.seed)
+    print(f"{count} reports and summary.csv written; summary at {path}")
+
+
 def _run(args: argparse.Namespace) -> None:
     config = load_config(args.config, args.device)
+    if config.get("many"):
+        return _run_many(args, config)
+    if args.workers != 1:
+        raise ConfigError(
+            f"--workers {args.workers}: for a job of many measurements (measurement.files or stacked); this one has one"
+        )
     directory = args.out or config["output"]
     _claim(directory, RUN_FILES, args, job=args.config)
     if args.resume:
@@ -496,6 +716,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     run.add_argument("--out", type=Path, default=None, help="output folder (default: the file's run.output)")
     run.add_argument("--resume", action="store_true", help="continue from checkpoint.pt in the output folder")
+    run.add_argument(
+        "--workers",
+        type=_count(1),
+        default=1,
+        help="local processes for a job of many measurements (default 1); the results do not depend on it",
+    )
     run.set_defaults(run=_run)
 
     bench = commands.add_parser("benchmark", parents=[common], help="run a script of benchmarks/")

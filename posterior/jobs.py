@@ -14,6 +14,7 @@ module's schema without them.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import importlib
 import json
 import math
@@ -28,7 +29,7 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Field:
-    """One field of a job: ``kind`` (int, float, str, range, floats, float or file), ``default``
+    """One field of a job: ``kind`` (int, float, str, bool, range, floats, float or file), ``default``
     (None: none; ``required``: the field must be given), one line of ``description`` and an ``example``."""
 
     kind: str
@@ -166,6 +167,20 @@ SCHEMA: dict[str, dict[str, Field] | None] = {
             "the operator's output shape",
             '"sinogram.npy"',
         ),
+        "files": Field(
+            "str",
+            None,
+            "many measurements: a glob relative to the job file's folder (sorted; each file as `file`); "
+            "one problem and one output folder `<output>/<stem>/` per file, and a summary",
+            '"scans/*.npy"',
+        ),
+        "stacked": Field(
+            "bool",
+            "false",
+            "many measurements in one `file`: its leading axis indexes them, one output folder "
+            "`<output>/<stem>_<k>/` each",
+            "true",
+        ),
         "key": Field("str", None, "the tensor's name in a .safetensors file of several", '"y"'),
         "range": Field(
             "range",
@@ -178,6 +193,12 @@ SCHEMA: dict[str, dict[str, Field] | None] = {
     "truth": {
         "file": Field(
             "str", None, "the true image (the prior's event shape), as `measurement.file`", '"truth.npy"'
+        ),
+        "files": Field(
+            "str",
+            None,
+            "with `measurement.files`: a glob of as many truths, paired with the measurements in sorted order",
+            '"truths/*.npy"',
         ),
         "key": Field("str", None, "as `measurement.key`", '"x"'),
         "range": Field("range", None, "as `measurement.range`", "[0, 255]"),
@@ -241,6 +262,10 @@ def typed(key: str, value, kind: str):
     for floats), or a ConfigError naming ``key``."""
     from operators.checks import as_float, as_int
 
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be true or false, got {show(value)}")
     if kind == "str" or kind == "float or file" and isinstance(value, str):
         if isinstance(value, str):
             return value
@@ -555,26 +580,59 @@ def build_noise(table: dict, folder: Path):
     return ops.StudentTNoise(positive("df"), positive("scale", 1.0))
 
 
-def data_file(table: dict, section: str, folder: Path, data_range, shape, what: str):
-    """The tensor of ``[section] file`` (``measurement`` or ``truth``): of ``shape`` (``what`` names it),
-    inside its declared ``range``, mapped onto the prior's ``data_range``."""
-    tensor = load_array(table["file"], f"{section}.file", folder, table.get("key"))
-    if Path(table["file"]).suffix.lower() in IMAGE_SUFFIXES and "range" not in table:
+def matching(pattern: str, key: str, folder: Path) -> list[str]:
+    """The files that the glob ``pattern`` (field ``key``) matches, relative to ``folder`` (the job
+    file's), sorted; at least one, or a ConfigError naming ``key``."""
+    found = sorted(
+        Path(p) for p in glob.glob(str(folder / pattern), recursive=True) if Path(p).is_file()
+    )
+    if not found:
+        raise ConfigError(f"{key}: {show(pattern)} matches no file in {folder.resolve()}")
+    names = []
+    for path in found:
+        try:
+            names.append(str(path.relative_to(folder)))
+        except ValueError:  # an absolute pattern
+            names.append(str(path))
+    return names
+
+
+def data_file(
+    table: dict,
+    section: str,
+    folder: Path,
+    data_range,
+    shape,
+    what: str,
+    name: str | None = None,
+    key: str = "file",
+    stacked: bool = False,
+):
+    """The tensor of ``[section] file`` (``measurement`` or ``truth``), or of file ``name`` of the glob
+    ``[section] files`` when ``key`` is ``files``: of ``shape`` (``what`` names it), inside its declared
+    ``range``, mapped onto the prior's ``data_range``. ``stacked``: the file holds measurements of
+    ``shape`` along its leading axis."""
+    name = name or table[key]
+    tensor = load_array(name, f"{section}.{key}", folder, table.get("key"))
+    if Path(name).suffix.lower() in IMAGE_SUFFIXES and "range" not in table:
         raise ConfigError(f"{section}.range: missing; an image file needs its value range, e.g. [0, 255]")
-    if tuple(tensor.shape) != tuple(shape):
+    if stacked and tuple(tensor.shape[1:]) != tuple(shape):
         raise ConfigError(
-            f"{section}.file: {table['file']} has shape {tuple(tensor.shape)}, expected {what} {tuple(shape)}"
+            f"{section}.{key}: {name} has shape {tuple(tensor.shape)}, expected (n, *{what}) "
+            f"= (n, {', '.join(map(str, shape))}) with {section}.stacked"
+        )
+    if not stacked and tuple(tensor.shape) != tuple(shape):
+        raise ConfigError(
+            f"{section}.{key}: {name} has shape {tuple(tensor.shape)}, expected {what} {tuple(shape)}"
         )
     if "range" in table:
         lo, hi = table["range"]
         if tensor.is_complex():
-            raise ConfigError(
-                f"{section}.range: {table['file']} holds complex values; a range needs real ones"
-            )
+            raise ConfigError(f"{section}.range: {name} holds complex values; a range needs real ones")
         low, high = float(tensor.min()), float(tensor.max())
         if low < lo or high > hi:
             raise ConfigError(
-                f"{section}.range: {table['file']} has values in [{low:.4g}, {high:.4g}], outside the declared [{lo:g}, {hi:g}]"
+                f"{section}.range: {name} has values in [{low:.4g}, {high:.4g}], outside the declared [{lo:g}, {hi:g}]"
             )
         if data_range is None:
             raise ConfigError(
@@ -583,7 +641,7 @@ def data_file(table: dict, section: str, folder: Path, data_range, shape, what: 
         a, b = data_range
         tensor = a + (tensor - lo) * ((b - a) / (hi - lo))
     if tensor.is_complex():
-        raise ConfigError(f"{section}.file: {table['file']} holds complex values; expected real ones")
+        raise ConfigError(f"{section}.{key}: {name} holds complex values; expected real ones")
     return tensor
 
 

@@ -6,9 +6,9 @@ Every function returns a :class:`Figure`, a :class:`matplotlib.figure.Figure` bu
 ``(3, H, W)``) are drawn as images, others as one value per coordinate.
 
 - :func:`sample_grid`: draws (resampled by their weights for SMC results);
-- :func:`summary_maps`: the measurement (:func:`measurement_view`), truth and posterior mean on one scale,
-  per-pixel std, central credible-interval width, error to a truth, with PSNR, SSIM and coverage
-  (:func:`scores`);
+- :func:`summary_maps`: the measurement (:func:`measurement_view`), the classical reconstruction where
+  the operator has one (:func:`baseline`), truth and posterior mean on one scale, per-pixel std, central
+  credible-interval width, error to a truth, with PSNR, SSIM and coverage (:func:`scores`);
 - :func:`convergence_maps`: R-hat and bulk/tail ESS per pixel (from :func:`posterior.diagnostics.convergence`);
 - :func:`ess_trace`: ESS/N of the SMC runs (median and range) along the noise levels;
 - :func:`rank_plots` and :func:`coverage_curve`: a :class:`~posterior.diagnostics.CalibrationReport`'s
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from operators import MRI, LinearOperator
+from operators import MRI, LinearOperator, Radon
 from posterior import diagnostics, metrics
 from posterior.results import PosteriorSamples
 
@@ -118,33 +118,70 @@ def measurement_view(problem) -> tuple[Tensor, str]:
     return y, "measurement y"
 
 
-def scores(result: PosteriorSamples, truth: Tensor, level: float = 0.9) -> dict[str, float]:
+def baseline(problem) -> tuple[Tensor, str] | None:
+    """The classical reconstruction of ``problem``'s measurement (the first of a batch) where its
+    operator has one, and its name: filtered back-projection (:meth:`operators.Radon.fbp`) for CT, the
+    pseudo-inverse ``A^+ y`` (:meth:`operators.MRI.pinv`, the zero-filled inverse FFT up to k-space
+    symmetry) for MRI; None for other operators.
+
+    Returns
+    -------
+    (Tensor, shape ``operator.in_shape``, on the CPU; str) or None
+    """
+    if problem is None:
+        return None
+    operator, y = problem.operator, problem.y[0] if problem.batched else problem.y
+    with torch.no_grad():
+        if isinstance(operator, Radon):
+            return operator.fbp(y[None])[0].cpu(), "FBP"
+        if isinstance(operator, MRI):
+            return operator.pinv(y[None])[0].cpu(), "pseudo-inverse"
+    return None
+
+
+def _image_scores(estimate: Tensor, truth: Tensor) -> dict[str, float]:
+    """PSNR (dB) and SSIM of an image ``estimate`` against ``truth``, with the truth's range (max - min)
+    as ``data_range``."""
+    estimate = estimate.detach().double().cpu()
+    data_range = float(truth.max() - truth.min()) or 1.0
+    window = min(11, *truth.shape[-2:])
+    window -= 1 - window % 2  # odd, at most the image size
+    return {
+        "data_range": data_range,
+        "psnr": metrics.psnr(estimate, truth, data_range),
+        "ssim": metrics.ssim(estimate, truth, data_range, window=window),
+    }
+
+
+def scores(
+    result: PosteriorSamples, truth: Tensor, level: float = 0.9, reference: Tensor | None = None
+) -> dict[str, float]:
     """How the posterior fits ``truth`` (shape ``event_shape``): ``coverage``, the fraction of
     coordinates inside the central ``level`` interval (:meth:`PosteriorSamples.interval`), with
     ``covered`` and ``coordinates`` its counts; for images also ``psnr`` (dB) and ``ssim`` of the
-    posterior mean, with the truth's range (max - min) as ``data_range``."""
+    posterior mean, with the truth's range (max - min) as ``data_range``, and given a ``reference``
+    reconstruction (shape ``event_shape``, e.g. :func:`baseline`'s) its ``baseline_psnr`` and
+    ``baseline_ssim`` on the same range."""
     truth = truth.detach().double().cpu()
     lower, upper = (bound.detach().double().cpu() for bound in result.interval(level))
     covered = int(((lower <= truth) & (truth <= upper)).sum())
     out = {"covered": covered, "coordinates": truth.numel(), "coverage": covered / truth.numel()}
     if _is_image(truth.shape):
-        mean = result.mean().detach().double().cpu()
-        data_range = float(truth.max() - truth.min()) or 1.0
-        window = min(11, *truth.shape[-2:])
-        window -= 1 - window % 2  # odd, at most the image size
-        out.update(
-            data_range=data_range,
-            psnr=metrics.psnr(mean, truth, data_range),
-            ssim=metrics.ssim(mean, truth, data_range, window=window),
-        )
+        out.update(_image_scores(result.mean(), truth))
+        if reference is not None:
+            found = _image_scores(reference, truth)
+            out.update(baseline_psnr=found["psnr"], baseline_ssim=found["ssim"])
     return out
 
 
-def _headline(result: PosteriorSamples, found: dict | None, level: float) -> str:
-    """One line of numbers: PSNR, SSIM and coverage (given ``found``, :func:`scores`), then the cost."""
+def _headline(result: PosteriorSamples, found: dict | None, level: float, name: str = "baseline") -> str:
+    """One line of numbers: PSNR, SSIM (and those of the ``name`` baseline) and coverage (given
+    ``found``, :func:`scores`), then the cost."""
     parts = []
     if found is not None and "psnr" in found:
         parts.append(f"PSNR {found['psnr']:.2f} dB, SSIM {found['ssim']:.3f}")
+    if found is not None and "baseline_psnr" in found:
+        parts.append(f"{name} PSNR {found['baseline_psnr']:.2f} dB, SSIM {found['baseline_ssim']:.3f}")
     if found is not None:
         parts.append(
             f"central {int(round(100 * level))}% interval covers {100 * found['coverage']:.1f}% of the truth"
@@ -157,13 +194,15 @@ def summary_maps(
     result: PosteriorSamples, truth: Tensor | None = None, level: float = 0.9, problem=None
 ) -> Figure:
     """The measurement (given ``problem``: :func:`measurement_view`; on its own scale when its values lie
-    outside the others'), the truth (given ``truth``, shape ``event_shape``) and the posterior mean on
-    one grey scale, then the per-pixel std, the width of the
+    outside the others'), the classical reconstruction where the operator has one (:func:`baseline`),
+    the truth (given ``truth``, shape ``event_shape``) and the posterior mean on one grey scale, then
+    the per-pixel std, the width of the
     central ``level`` interval and ``|mean - truth|`` (without a truth: the data fit ``|y - A(mean)|`` of
-    an image-shaped ``y``), each with its colour bar; PSNR, SSIM and the
-    coverage of the truth (:func:`scores`), NFE and time in the title."""
+    an image-shaped ``y``), each with its colour bar; PSNR and SSIM of the mean and of the baseline,
+    the coverage of the truth (:func:`scores`), NFE and time in the title."""
     mean = result.mean()
     lower, upper = result.interval(level)
+    reference = baseline(problem)
     shared = [mean] if truth is None else [truth, mean]
     low = min(float(v.min()) for v in shared)
     high = max(float(v.max()) for v in shared)
@@ -178,6 +217,8 @@ def summary_maps(
         )
         cmap = matplotlib.colormaps["gray"].with_extremes(bad="tab:blue")
         panels.append((view, title, dict(gray, cmap=cmap) if same else {"cmap": cmap}))
+    if reference is not None:  # on the truth's grey scale: its artefacts beyond it are clipped
+        panels.append((reference[0], reference[1], gray))
     if truth is not None:
         panels.append((truth, "truth", gray))
     panels += [
@@ -197,8 +238,9 @@ def summary_maps(
         fig.subplots(1, len(panels), squeeze=False)[0], panels, strict=True
     ):
         _show(ax, value, title, colorbar=True, **keywords)
-    found = scores(result, truth, level) if truth is not None else None
-    fig.suptitle(f"{result.sampler or 'posterior'}: {_headline(result, found, level)}", fontsize=9)
+    found = None if truth is None else scores(result, truth, level, reference and reference[0])
+    headline = _headline(result, found, level, reference[1] if reference else "baseline")
+    fig.suptitle(f"{result.sampler or 'posterior'}: {headline}", fontsize=9)
     return fig
 
 
@@ -350,8 +392,9 @@ def write_report(
     ``coverage.png`` given a :class:`~posterior.diagnostics.CalibrationReport`, and ``report.md``: the
     configuration (operator and noise of ``problem``, ``prior`` (a name or the prior), the sampler's
     settings, ``seed``, versions), PSNR, SSIM and coverage given ``truth`` (shape ``event_shape``,
-    :func:`scores`), the cost, and a link to every file. One interval ``level`` throughout. Returns the
-    path of ``report.md``.
+    :func:`scores`), with the PSNR and SSIM of the classical reconstruction where the operator of
+    ``problem`` has one (:func:`baseline`: FBP for CT), the cost, and a link to every file. One
+    interval ``level`` throughout. Returns the path of ``report.md``.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -363,12 +406,18 @@ def write_report(
     weighted = result.log_weights is not None
     lines = [f"# {title or (result.sampler or 'Posterior') + ' run report'}", "", "## Configuration", ""]
     lines += _configuration(result, problem, prior, seed) + ["", "## Results", ""]
+    reference = baseline(problem)
     if truth is not None:
-        found = scores(result, truth, level)
+        found = scores(result, truth, level, reference and reference[0])
         if "psnr" in found:
             lines.append(
                 f"- posterior mean: PSNR {found['psnr']:.2f} dB, SSIM {found['ssim']:.3f} "
                 f"(data range {found['data_range']:.3g}, the truth's max - min)"
+            )
+        if "baseline_psnr" in found:
+            lines.append(
+                f"- {reference[1]} (the classical reconstruction): PSNR {found['baseline_psnr']:.2f} dB, "
+                f"SSIM {found['baseline_ssim']:.3f}, on the same data range"
             )
         lines.append(
             f"- coverage: the {percent} holds the truth at {found['covered']} of {found['coordinates']} "
