@@ -144,3 +144,21 @@ def _private_temporary_folder(tmp_path_factory, monkeypatch):
     import tempfile
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path_factory.mktemp("tmp")))
+
+
+@pytest.fixture
+def cli_outcome(capsys):
+    """``cli_outcome(argv)``: the exit status of ``posterior argv`` and its lines on stderr, warnings left out."""
+    from posterior import cli
+
+    def outcome(argv: list[str]) -> tuple[int, list[str]]:
+        capsys.readouterr()
+        try:
+            cli.main(argv)
+            status = 0
+        except SystemExit as exit:
+            status = exit.code
+        lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        return status, [line for line in lines if "Warning" not in line and not line.startswith("  ")]
+
+    return outcome

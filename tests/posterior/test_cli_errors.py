@@ -35,18 +35,6 @@ def run(tmp_path: Path, *edits: tuple[str, str], options: tuple[str, ...] = ()) 
     return ["run", job(tmp_path, *edits), "--out", str(tmp_path / "out"), "--no-progress", *options]
 
 
-def outcome(argv: list[str], capsys) -> tuple[int, list[str]]:
-    """The exit status of ``posterior argv`` and its lines on stderr, warnings left out."""
-    capsys.readouterr()
-    try:
-        cli.main(argv)
-        status = 0
-    except SystemExit as exit:
-        status = exit.code
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    return status, [line for line in lines if "Warning" not in line and not line.startswith("  ")]
-
-
 def binary(tmp_path: Path) -> str:
     (tmp_path / "job.toml").write_bytes(bytes(range(256)))
     return str(tmp_path / "job.toml")
@@ -109,9 +97,9 @@ BAD_JOBS = {  # case -> (argv from tmp_path, exit status, what the line names)
 
 
 @pytest.mark.parametrize("case", list(BAD_JOBS))
-def test_bad_job_is_one_line(tmp_path, capsys, case):
+def test_bad_job_is_one_line(tmp_path, cli_outcome, case):
     argv, status, needle = BAD_JOBS[case]
-    code, lines = outcome(argv(tmp_path), capsys)
+    code, lines = cli_outcome(argv(tmp_path))
     assert code == status, lines
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in lines[0], lines
     assert lines[0].count("job.toml: job.toml") == 0  # no doubled prefix
@@ -140,18 +128,16 @@ RESUMES = {  # a change to a checkpointed job, then --resume -> what the line na
 
 
 @pytest.mark.parametrize("case", list(RESUMES))
-def test_resume_of_another_job_is_one_line(tmp_path, capsys, checkpointed, case):
+def test_resume_of_another_job_is_one_line(tmp_path, cli_outcome, checkpointed, case):
     source, edits = checkpointed
     shutil.copytree(source / "out", tmp_path / "out")
     edit, options, needle = RESUMES[case]
-    code, lines = outcome(
-        run(tmp_path, *edits, *[edit] if edit else [], options=("--resume", *options)), capsys
-    )
+    code, lines = cli_outcome(run(tmp_path, *edits, *[edit] if edit else [], options=("--resume", *options)))
     assert code == 2 and len(lines) == 1 and needle in lines[0] and "Traceback" not in lines[0], lines
 
 
 @pytest.mark.parametrize("damage", ["truncated", "not a checkpoint", "no fingerprint"])
-def test_damaged_checkpoint_is_one_line(tmp_path, capsys, checkpointed, damage):
+def test_damaged_checkpoint_is_one_line(tmp_path, cli_outcome, checkpointed, damage):
     source, edits = checkpointed
     shutil.copytree(source / "out", tmp_path / "out")
     checkpoint = tmp_path / "out" / "checkpoint.pt"
@@ -163,7 +149,7 @@ def test_damaged_checkpoint_is_one_line(tmp_path, capsys, checkpointed, damage):
         saved = torch.load(checkpoint, weights_only=True)
         del saved["fingerprint"]
         torch.save(saved, checkpoint)
-    code, lines = outcome(run(tmp_path, *edits, options=("--resume",)), capsys)
+    code, lines = cli_outcome(run(tmp_path, *edits, options=("--resume",)))
     assert code == 2 and len(lines) == 1 and "checkpoint" in lines[0] and "Traceback" not in lines[0], lines
 
 
@@ -178,7 +164,7 @@ def test_damaged_checkpoint_is_one_line(tmp_path, capsys, checkpointed, damage):
         (RuntimeError("CUDA out of memory."), 1, "CUDA out of memory."),
     ],
 )
-def test_any_error_of_the_job_is_one_line(tmp_path, capsys, monkeypatch, error, status, line):
+def test_any_error_of_the_job_is_one_line(tmp_path, cli_outcome, monkeypatch, error, status, line):
     """Whatever a library call raises (multi-line messages included) reaches the user as one line."""
 
     def fail(*args, **kwargs):
@@ -186,7 +172,7 @@ def test_any_error_of_the_job_is_one_line(tmp_path, capsys, monkeypatch, error, 
 
     monkeypatch.setattr(cli, "solve", fail)
     hint = " (--debug shows where it was raised)"  # not the CLI's own finding: say where to look
-    assert outcome(run(tmp_path), capsys) == (status, [f"posterior run: {line}{hint}"])
+    assert cli_outcome(run(tmp_path)) == (status, [f"posterior run: {line}{hint}"])
 
 
 def test_a_bug_keeps_its_traceback(tmp_path, monkeypatch):
@@ -200,7 +186,7 @@ def test_debug_shows_the_traceback(tmp_path):
         cli.main(run(tmp_path, ("chains = 2", "chains = 0"), options=("--debug",)))
 
 
-def test_output_folder_is_not_overwritten_silently(tmp_path, capsys):
+def test_output_folder_is_not_overwritten_silently(tmp_path, cli_outcome):
     """A second run into the same folder is refused (the user's notes in report.md survive); with
     --overwrite it replaces the earlier results, stale files included. The job file is copied there."""
     argv = run(tmp_path)
@@ -209,7 +195,7 @@ def test_output_folder_is_not_overwritten_silently(tmp_path, capsys):
     assert (out / "job.toml").read_text() == VALID
     (out / "report.md").write_text("my notes")
     (out / "convergence.png").write_bytes(b"stale figure")
-    code, lines = outcome(argv, capsys)
+    code, lines = cli_outcome(argv)
     assert code == 2 and len(lines) == 1 and "--overwrite" in lines[0] and "report.md" in lines[0], lines
     assert (out / "report.md").read_text() == "my notes"
     cli.main([*argv, "--overwrite"])
@@ -223,31 +209,31 @@ def test_job_file_inside_its_output_folder_is_kept(tmp_path):
     assert Path(path).read_text().startswith(VALID.split("[run]")[0]) and (tmp_path / "report.md").exists()
 
 
-def test_demo_and_train_refuse_earlier_results(tmp_path, capsys):
+def test_demo_and_train_refuse_earlier_results(tmp_path, cli_outcome):
     (tmp_path / "dps").mkdir()
     (tmp_path / "dps" / "report.md").write_text("earlier")
-    code, lines = outcome(["demo", "--out", str(tmp_path), "--no-progress"], capsys)
+    code, lines = cli_outcome(["demo", "--out", str(tmp_path), "--no-progress"])
     assert code == 2 and len(lines) == 1 and "--overwrite" in lines[0], lines
     (tmp_path / "digits.ckpt").write_bytes(b"earlier")
-    code, lines = outcome(["train", "digits", "--out", str(tmp_path), "--no-progress"], capsys)
+    code, lines = cli_outcome(["train", "digits", "--out", str(tmp_path), "--no-progress"])
     assert code == 2 and len(lines) == 1 and "digits.ckpt" in lines[0] and "--resume" in lines[0], lines
 
 
-def test_a_refused_resume_keeps_the_runs_job_copy(tmp_path, capsys, checkpointed):
+def test_a_refused_resume_keeps_the_runs_job_copy(tmp_path, cli_outcome, checkpointed):
     source, edits = checkpointed
     shutil.copytree(source / "out", tmp_path / "out")
     before = (tmp_path / "out" / "job.toml").read_text()
-    code, lines = outcome(run(tmp_path, *edits, ("sigma = 0.05", "sigma = 0.1"), options=("--resume",)), capsys)
+    code, lines = cli_outcome(run(tmp_path, *edits, ("sigma = 0.05", "sigma = 0.1"), options=("--resume",)))
     assert code == 2 and "noise" in lines[0]
     assert (tmp_path / "out" / "job.toml").read_text() == before
 
 
-def test_a_job_copy_alone_is_not_a_result(tmp_path, capsys):
+def test_a_job_copy_alone_is_not_a_result(tmp_path, cli_outcome):
     """What a run that failed before its first step leaves (its job.toml) does not block the retry, and
     --resume is suggested only where there is a checkpoint to resume."""
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "job.toml").write_text("left by a failed run")
-    assert outcome(run(tmp_path), capsys)[0] == 0
+    assert cli_outcome(run(tmp_path))[0] == 0
     assert not (tmp_path / "out" / "checkpoint.pt").exists()  # a run without checkpoint_every that succeeded
-    code, lines = outcome(run(tmp_path), capsys)
+    code, lines = cli_outcome(run(tmp_path))
     assert code == 2 and "--overwrite" in lines[0] and "--resume" not in lines[0]

@@ -36,18 +36,6 @@ def measurement(tmp_path: Path, array: np.ndarray, name: str = "y.npy", extra: s
     return f'[measurement]\nfile = "{name}"\n{extra}'
 
 
-def outcome(argv: list[str], capsys) -> tuple[int, list[str]]:
-    """Exit status of ``posterior argv`` and its lines on stderr, warnings left out."""
-    capsys.readouterr()
-    try:
-        cli.main(argv)
-        status = 0
-    except SystemExit as exit:
-        status = exit.code
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    return status, [line for line in lines if "Warning" not in line and not line.startswith("  ")]
-
-
 def run(path: Path, tmp_path: Path) -> list[str]:
     return ["run", str(path), "--out", str(tmp_path / "out"), "--no-progress"]
 
@@ -340,9 +328,9 @@ BAD_JOBS = {  # case -> (job from tmp_path, what the one line names)
 
 
 @pytest.mark.parametrize("case", list(BAD_JOBS))
-def test_bad_job_is_one_line_naming_the_field(tmp_path, capsys, case):
+def test_bad_job_is_one_line_naming_the_field(tmp_path, cli_outcome, case):
     make, needle = BAD_JOBS[case]
-    code, lines = outcome(run(make(tmp_path), tmp_path), capsys)
+    code, lines = cli_outcome(run(make(tmp_path), tmp_path))
     assert code == 2 and len(lines) == 1 and "Traceback" not in lines[0], lines
     assert needle in lines[0], lines
     assert not (tmp_path / "out" / "report.md").exists()
