@@ -1,6 +1,7 @@
 """posterior: Bayesian posterior sampling for inverse problems ``y = A(x) + noise`` with diffusion priors."""
 
 import importlib
+import importlib.util
 import typing
 
 # The submodules and classes load on first use (PEP 562), so that `import posterior.cli` and
@@ -35,7 +36,9 @@ __all__ = [
 
 def __getattr__(name: str):
     if name not in _LAZY:
-        raise AttributeError(f"module 'posterior' has no attribute {name!r}")
+        if name.startswith("_") or importlib.util.find_spec(f"posterior.{name}") is None:
+            raise AttributeError(f"module 'posterior' has no attribute {name!r}")
+        _LAZY[name] = f"posterior.{name}"  # any other submodule (utils, plots, data, cli, ...)
     module = importlib.import_module(_LAZY[name])
     value = getattr(module, name) if name in {"InverseProblem", "PosteriorSamples"} else module
     globals()[name] = value

@@ -157,13 +157,14 @@ def _build(config: dict, path: Path, device: str) -> dict:
             raise ConfigError(f"{section}.{key}: missing")
         return value
 
-    def positive(key: str, default: int) -> int:
+    def count(key: str, default: int) -> int:
+        """``run.key``: a positive int, or for ``checkpoint_every`` and ``max_batch`` also 0 (never, all)."""
         value = field("run", key, default)
-        if value < 0 or value == 0 and key in config.get("run", {}):
+        if value < 0 or value == 0 and key in ("num_samples", "chains"):
             raise ConfigError(f"run.{key}: must be a positive int, got {value}")
         return value
 
-    num_samples, chains = positive("num_samples", 16), positive("chains", 4)
+    num_samples, chains = count("num_samples", 16), count("chains", 4)
     sampler_config = dict(config["sampler"])
     name, samplers = sampler_config.pop("name", None), _samplers()
     if not isinstance(name, str) or name not in samplers:
@@ -187,8 +188,8 @@ def _build(config: dict, path: Path, device: str) -> dict:
     except ConfigError:
         raise
     except (ValueError, TypeError) as err:
-        field = "noise.sigma" if isinstance(config["noise"].get("sigma"), str) else "noise"  # a file's shape
-        raise ConfigError(f"{field}: {err}") from err
+        where = "noise.sigma" if isinstance(config["noise"].get("sigma"), str) else "noise"  # a file's shape
+        raise ConfigError(f"{where}: {err}") from err
     dtype = prior.dtype
     truth = y = many = None
     measurement = config.get("measurement", {})
@@ -214,9 +215,14 @@ def _build(config: dict, path: Path, device: str) -> dict:
             if tuple(truth.shape) != event_shape:
                 raise ConfigError(f"truth: an image of shape {tuple(truth.shape)} for a prior of shape {event_shape}")
         truth = None if truth is None else truth.to(dtype)
+    if "range" in measurement and not jobs.in_image_units(config["operator"]):
+        raise ConfigError(
+            "measurement.range: only for operators whose output is in the image's units (inpainting, "
+            "blur, downsample, identity); give this measurement in the units the operator outputs"
+        )
     if "measurement" in config and ("files" in measurement or measurement.get("stacked")):
         many = _measurements(config, folder, data_range, operator, noise, dtype, event_shape)
-        if positive("checkpoint_every", 0):
+        if count("checkpoint_every", 0):
             raise ConfigError("run.checkpoint_every: not supported with many measurements (run_many keeps none)")
         if many["truths"] is None and truth is not None:  # one truth (e.g. repeated scans of one object)
             many["truths"] = [truth] * len(many["ys"])
@@ -243,8 +249,8 @@ def _build(config: dict, path: Path, device: str) -> dict:
         "num_samples": num_samples,
         "chains": chains,
         "output": _output(field("run", "output", f"runs/{path.stem}")),
-        "checkpoint_every": positive("checkpoint_every", 0),
-        "max_batch": positive("max_batch", 0) or None,
+        "checkpoint_every": count("checkpoint_every", 0),
+        "max_batch": count("max_batch", 0) or None,
     }
 
 
@@ -288,7 +294,7 @@ def _measurements(config: dict, folder: Path, data_range, operator, noise, dtype
             post.InverseProblem(operator, noise, y)
         except (ValueError, TypeError) as err:
             raise ConfigError(f"measurement.{'files' if 'files' in table else 'file'}: {name}: {err}") from err
-    truths = None
+    truths = truth_files = None
     if "files" in config.get("truth", {}):
         found = jobs.matching(config["truth"]["files"], "truth.files", folder)
         if len(found) != len(ys):
@@ -296,13 +302,21 @@ def _measurements(config: dict, folder: Path, data_range, operator, noise, dtype
                 f"truth.files: {jobs.show(config['truth']['files'])} matches {len(found)} files "
                 f"for {len(ys)} measurements"
             )
+        by_stem = {Path(name).stem: name for name in found}  # a truth has its measurement's file name
+        unpaired = [name for name in files if Path(name).stem not in by_stem]
+        if len(by_stem) != len(found) or unpaired:
+            raise ConfigError(
+                f"truth.files: no truth of the same file name for {unpaired[:3] or 'some measurements'}; "
+                "give each truth its measurement's file name (in another folder)"
+            )
+        found = truth_files = [by_stem[Path(name).stem] for name in files]
         truths = [
             jobs.data_file(
                 config["truth"], "truth", folder, data_range, event_shape, "the prior's event shape", name, "files"
             ).to(dtype)
             for name in found
         ]
-    return {"names": names, "files": files, "ys": ys, "truths": truths}
+    return {"names": names, "files": files, "ys": ys, "truths": truths, "truth_files": truth_files}
 
 
 def _same(a: Path, b: Path | None) -> bool:
@@ -441,7 +455,8 @@ def _solve_many(config: dict, indices: list[int], seed: int, directory: Path) ->
     from posterior.distributed import run_many
 
     many = config["many"]
-    problems = [post.InverseProblem(config["operator"], config["noise"], many["ys"][k]) for k in indices]
+    device = config["prior"].device
+    problems = [post.InverseProblem(config["operator"], config["noise"], many["ys"][k].to(device)) for k in indices]
     results = run_many(
         problems,
         config["sampler"],
@@ -469,6 +484,7 @@ def _solve_many(config: dict, indices: list[int], seed: int, directory: Path) ->
                 "index": k,
                 "measurement": many["names"][k],
                 "file": many["files"][k],
+                "truth_file": (many.get("truth_files") or [""] * len(many["ys"]))[k],
                 "seed": seed + k,
                 "verdict": "" if verdict is None else ("ok" if verdict.ok else "failed"),
                 "psnr_db": found.get("psnr"),

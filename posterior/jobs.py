@@ -186,7 +186,8 @@ SCHEMA: dict[str, dict[str, Field] | None] = {
             "range",
             None,
             "the file's value range [lo, hi], mapped onto the prior's data range; "
-            "values outside are refused; required for images",
+            "values outside are refused; required for images; only for operators in image units "
+            "(inpainting, blur, downsample, identity)",
             "[0, 255]",
         ),
     },
@@ -355,6 +356,13 @@ def load_array(name: str, key: str, folder: Path, tensor_key: str | None = None)
             from PIL import Image
 
             with Image.open(path) as image:
+                if image.mode == "P":  # palette indices: the colours they stand for
+                    image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+                if image.mode not in ("L", "I;16", "I", "F", "RGB", "RGBA"):
+                    raise ConfigError(
+                        f"{key}: {name}: an image of mode {image.mode!r}; save it as 8- or 16-bit grey, "
+                        "float or RGB"
+                    )
                 array = np.asarray(image)
             array = array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)
         else:
@@ -583,18 +591,22 @@ def build_noise(table: dict, folder: Path):
 def matching(pattern: str, key: str, folder: Path) -> list[str]:
     """The files that the glob ``pattern`` (field ``key``) matches, relative to ``folder`` (the job
     file's), sorted; at least one, or a ConfigError naming ``key``."""
-    found = sorted(
-        Path(p) for p in glob.glob(str(folder / pattern), recursive=True) if Path(p).is_file()
+    names = sorted(  # relative to folder (glob characters in the folder's own path are not a pattern)
+        p for p in glob.glob(pattern, root_dir=folder, recursive=True) if (folder / p).is_file()
     )
-    if not found:
+    if not names:
         raise ConfigError(f"{key}: {show(pattern)} matches no file in {folder.resolve()}")
-    names = []
-    for path in found:
-        try:
-            names.append(str(path.relative_to(folder)))
-        except ValueError:  # an absolute pattern
-            names.append(str(path))
     return names
+
+
+IMAGE_UNITS = ("inpainting", "blur", "downsample", "identity")  # y in x's units: a range maps both alike
+
+
+def in_image_units(operator) -> bool:
+    """Whether the job's ``operator`` table (or list of them) outputs values in the image's units, so
+    that an affine map of the data range is the same on ``y`` as on ``x``."""
+    tables = operator if isinstance(operator, list) else [operator]
+    return all(isinstance(t, dict) and t.get("type") in IMAGE_UNITS and "function" not in t for t in tables)
 
 
 def data_file(

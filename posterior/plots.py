@@ -359,7 +359,8 @@ def _configuration(result: PosteriorSamples, problem, prior, seed) -> list[str]:
     lines = []
     if problem is not None:
         mask = getattr(problem.operator, "mask", None)
-        seen = f"; observes {int(mask.sum())} of {mask.numel()} pixels" if isinstance(mask, Tensor) else ""
+        unit = "k-space samples" if isinstance(problem.operator, MRI) else "pixels"
+        seen = f"; observes {int(mask.sum())} of {mask.numel()} {unit}" if isinstance(mask, Tensor) else ""
         lines += [f"- operator: `{problem.operator!r}`{seen}", f"- noise: `{problem.noise!r}`"]
     settings = ", ".join(f"{k}={v!r}" for k, v in result.config.items()) or "not recorded"
     return lines + [

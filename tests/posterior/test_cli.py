@@ -69,7 +69,7 @@ def test_run_file_checkpoints_and_resumes(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("old", "new", "field"),
     [
-        ("chains = 2", "chains = 2\nmax_batch = 0", "run.max_batch"),
+        ("chains = 2", "chains = 2\nmax_batch = -1", "run.max_batch"),
         ("chains = 2", "chains = 2\ncheckpoint_every = -1", "run.checkpoint_every"),
         ("steps = 3", "stepz = 3", "sampler.stepz"),
         ('name = "DPS"', 'name = "DSP"', "sampler.name"),

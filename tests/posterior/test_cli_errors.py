@@ -237,3 +237,8 @@ def test_a_job_copy_alone_is_not_a_result(tmp_path, cli_outcome):
     assert not (tmp_path / "out" / "checkpoint.pt").exists()  # a run without checkpoint_every that succeeded
     code, lines = cli_outcome(run(tmp_path))
     assert code == 2 and "--overwrite" in lines[0] and "--resume" not in lines[0]
+
+
+def test_zero_means_never_and_all(tmp_path, cli_outcome):
+    """run.checkpoint_every = 0 (no checkpoints) and run.max_batch = 0 (no micro-batches), as documented."""
+    assert cli_outcome(run(tmp_path, ("chains = 2", "chains = 2\ncheckpoint_every = 0\nmax_batch = 0")))[0] == 0

@@ -252,9 +252,9 @@ BAD_JOBS = {  # case -> (job from tmp_path, what the one line names)
         "measurement.file: y.npy has shape (1, 8, 8), expected the operator's output shape (1, 16, 16)",
     ),
     "values outside the range": (lambda t: y_file(t, ZEROS + 1.5, "range = [0, 1]\n"), "measurement.range"),
-    "range on an unknown prior": (
+    "range with a forward model of other units": (  # an affine map of y is not one of x there
         lambda t: edited(user_job(t), 'file = "y.npy"', 'file = "y.npy"\nrange = [0, 1]'),
-        "prior.range",
+        "measurement.range: only for operators whose output is in the image's units",
     ),
     "prior does not fit the operator": (
         lambda t: user_job(t, "small_operator"),
@@ -360,3 +360,15 @@ def test_user_module_is_imported_from_the_job_folder_only_while_loading(tmp_path
     (tmp_path / "user_model_jobs_path.py").write_text(USER_MODULE)
     function = jobs.load_callable("user_model_jobs_path:make_operator", "operator.function", tmp_path)
     assert callable(function) and str(tmp_path.resolve()) not in sys.path
+
+
+def test_palette_images_read_as_their_colours_and_odd_modes_are_refused(tmp_path):
+    from PIL import Image
+
+    grey = np.array([[0, 100], [200, 255]], dtype=np.uint8)
+    Image.fromarray(grey).convert("P").save(tmp_path / "p.png")  # stored as palette indices
+    read = jobs.load_array("p.png", "measurement.file", tmp_path)
+    assert read.shape == (3, 2, 2) and torch.equal(read[0], torch.from_numpy(grey).double())
+    Image.fromarray(grey > 100).convert("1").save(tmp_path / "bits.png")
+    with pytest.raises(jobs.ConfigError, match="an image of mode '1'"):
+        jobs.load_array("bits.png", "measurement.file", tmp_path)

@@ -146,6 +146,10 @@ BAD = {
         lambda t: (make_job(t, 2), (t / "truths" / "scan1.npy").unlink())[0],
         "truth.files: ",
     ),
+    "truths named otherwise": (  # sorted positions would pair scan10 with truth09: refused, not guessed
+        lambda t: (make_job(t, 2), (t / "truths" / "scan1.npy").rename(t / "truths" / "truth1.npy"))[0],
+        "truth.files: no truth of the same file name for ['scans/scan1.npy']",
+    ),
     "truth files for one measurement": (
         lambda t: make_job(t, 2, 'file = "scans/scan0.npy"'),
         "truth.files: used with measurement.files",
