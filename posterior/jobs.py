@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import importlib
+import importlib.util
 import json
 import math
 import sys
@@ -40,7 +41,7 @@ class Field:
 
 REQUIRED = "required"
 SECTIONS = {  # section -> one line; the order of the docs table
-    "prior": "the prior: a bundled name, a weight file, or your own factory",
+    "prior": "the prior: a bundled name, a weight file, a diffusers UNet2DModel folder, or your own factory",
     "operator": "the forward model; `[[operator]]` tables are composed, applied in order to x",
     "noise": "the measurement noise model (the likelihood)",
     "measurement": "your measurement y; without it y is simulated from the truth",
@@ -64,11 +65,19 @@ SCHEMA: dict[str, dict[str, Field] | None] = {
             "imported from the job file's folder or the Python path",
             '"my_prior:make_prior"',
         ),
+        "diffusers": Field(
+            "str",
+            None,
+            "a local folder (relative to the job file's) holding a diffusers `UNet2DModel` and its "
+            "`scheduler_config.json` (a DDPM-type schedule), or a pipeline folder with `unet/` and "
+            "`scheduler/`; needs `pip install 'posterior[diffusers]'`",
+            '"ddpm-digits"',
+        ),
         "range": Field(
             "range",
             None,
             "the prior's data range [lo, hi]; needed for a measurement or truth "
-            "`range` when the prior is not a bundled one",
+            "`range` when the prior is not a bundled one (diffusers models: usually [-1, 1])",
             "[0.0, 1.0]",
         ),
     },
@@ -76,7 +85,8 @@ SCHEMA: dict[str, dict[str, Field] | None] = {
         "type": Field(
             "str",
             None,
-            "inpainting, blur, downsample, radon, mri, matrix or identity (or give `function`)",
+            "inpainting, blur, downsample, radon, mri, phase_retrieval, matrix, haze_link or identity "
+            "(or give `function`)",
             '"radon"',
         ),
         "function": Field(
@@ -136,6 +146,21 @@ SCHEMA: dict[str, dict[str, Field] | None] = {
             "matrix: an (m, d) matrix acting on the flattened input, in a .npy or .safetensors file",
             '"A.npy"',
         ),
+        "oversampling": Field(
+            "float",
+            2.0,
+            "phase_retrieval: y = |FFT(x zero-padded to ceil(oversampling H) x ceil(oversampling W))|; >= 1",
+            "2.0",
+        ),
+        "eps": Field("float", 1e-12, "phase_retrieval: smoothing of the modulus near zero; > 0", "1e-6"),
+        "gamma": Field(
+            "float",
+            1.0,
+            "haze_link: haze weight (> 0) in C(C^-1(tissue) + gamma C^-1(haze)), on a prior of the "
+            "two sources stacked as channels (2C, H, W)",
+            "0.5",
+        ),
+        "mu": Field("float", 255.0, "haze_link: the mu-law parameter (> 0)", "255.0"),
     },
     "noise": {
         "type": Field(
@@ -228,6 +253,8 @@ OPERATOR_FIELDS = {  # operator type -> (required fields (one of each tuple), op
     "radon": ((("angles", "count"),), {"angle_range", "detectors"}),
     "mri": ((("mask", "acceleration"),), {"center_fraction", "seed", "coils"}),
     "matrix": ((("matrix",),), set()),
+    "phase_retrieval": ((), {"oversampling", "eps"}),
+    "haze_link": ((), {"gamma", "mu"}),
     "identity": ((), set()),
 }
 NOISE_FIELDS = {"gaussian": {"sigma"}, "poisson": {"gain"}, "laplace": {"b"}, "student_t": {"df", "scale"}}
@@ -514,6 +541,27 @@ def _build_operator(table: dict, where: str, shape: tuple[int, ...], folder: Pat
                 f"{where}.matrix: shape {tuple(matrix.shape)}, expected (m, {math.prod(shape)}) for inputs of shape {tuple(shape)}"
             )
         return ops.Matrix(matrix.to(torch.float64), shape)
+
+    def bounded(k, default, lo, strict):
+        value = c.get(k, default)
+        if value < lo or strict and value == lo:
+            raise ConfigError(f"{where}.{k}: must be {'>' if strict else '>='} {lo:g}, got {value}")
+        return value
+
+    if kind == "phase_retrieval":
+        if len(shape) != 3:
+            raise ConfigError(f"{where}: phase_retrieval needs images (C, H, W), got {tuple(shape)}")
+        return ops.PhaseRetrieval(
+            shape, bounded("oversampling", 2.0, 1, False), bounded("eps", 1e-12, 0, True)
+        )
+    if kind == "haze_link":
+        if len(shape) != 3 or shape[0] % 2:
+            raise ConfigError(
+                f"{where}: haze_link needs a prior of the two sources (tissue, haze) stacked as channels "
+                f"(2C, H, W), e.g. a StackedPrior from prior.factory; got {tuple(shape)}"
+            )
+        source = (shape[0] // 2, *shape[1:])
+        return ops.HazeLink(source, bounded("gamma", 1.0, 0, True), bounded("mu", 255.0, 0, True))
     return ops.Identity(shape)
 
 
@@ -661,9 +709,16 @@ def build_prior(table: dict, folder: Path, device: str):
     """The prior of ``[prior]``, its name for the report, and its data range (None where unknown)."""
     import posterior as post
 
-    if ("name" in table) == ("factory" in table):
-        raise ConfigError("prior: give exactly one of prior.name and prior.factory")
-    if "factory" in table:
+    given = [k for k in ("name", "factory", "diffusers") if k in table]
+    if len(given) != 1:
+        raise ConfigError(
+            f"prior: give exactly one of prior.name, prior.factory and prior.diffusers, got {given or 'none'}"
+        )
+    (key,) = given
+    if key == "diffusers":
+        prior = diffusers_prior(table["diffusers"], folder, device)
+        label = table["diffusers"]
+    elif key == "factory":
         prior = call(table["factory"], "prior.factory", folder)
         if not isinstance(prior, post.priors.DiffusionPrior):
             raise ConfigError(
@@ -680,9 +735,33 @@ def build_prior(table: dict, folder: Path, device: str):
             raise ConfigError(f"prior.name: {err}") from err
         label = name
     data_range = table.get("range") or DATA_RANGES.get(table.get("name"))
-    return (
-        prior,
-        label,
-        (tuple(data_range) if data_range else None),
-        "factory" if "factory" in table else "name",
-    )
+    return prior, label, (tuple(data_range) if data_range else None), key
+
+
+def diffusers_prior(name: str, folder: Path, device: str):
+    """The prior of ``prior.diffusers``: a local diffusers ``UNet2DModel`` folder (relative to ``folder``,
+    the job file's) read by :func:`posterior.priors.diffusers_adapter.from_diffusers`."""
+    path = folder / name
+    if not path.is_dir():
+        raise ConfigError(f"prior.diffusers: {path}: no such folder")
+    if importlib.util.find_spec("diffusers") is None:
+        raise ConfigError("prior.diffusers: needs the diffusers package; install posterior[diffusers]")
+    for config in (path / "config.json", path / "unet" / "config.json"):
+        if config.is_file():
+            try:
+                found = json.loads(config.read_text()).get("_class_name")
+            except (ValueError, AttributeError) as err:
+                raise ConfigError(f"prior.diffusers: {config}: cannot read it ({err})") from err
+            if found != "UNet2DModel":
+                raise ConfigError(f"prior.diffusers: {config} holds a {found}, expected a UNet2DModel")
+            break
+    else:
+        raise ConfigError(
+            f"prior.diffusers: {path}: no UNet2DModel config.json in it or in its unet/ subfolder"
+        )
+    from posterior.priors.diffusers_adapter import from_diffusers
+
+    try:
+        return from_diffusers(path, device=device)
+    except Exception as err:
+        raise ConfigError(f"prior.diffusers: {' '.join(str(err).split())}") from err

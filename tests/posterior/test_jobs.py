@@ -78,7 +78,7 @@ import operators
 import pyro
 import pyro.distributions as dist
 
-from posterior.priors import pretrained
+from posterior.priors import StackedPrior, pretrained
 
 
 def make_prior():
@@ -87,6 +87,10 @@ def make_prior():
 
 def make_operator():
     return operators.Function(lambda x: 0.5 * x[..., ::2, ::2], (1, 16, 16))
+
+
+def make_two_sources():  # for haze_link: two sources stacked as channels, (2, 16, 16)
+    return StackedPrior([pretrained("digits"), pretrained("digits")])
 
 
 def small_operator():
@@ -158,6 +162,8 @@ OPERATORS = {  # the operator table -> (class, out_shape)
     'type = "mri"\nacceleration = 4.0\ncenter_fraction = 0.1': (ops.MRI, (1, 16, 16, 2)),
     'type = "mri"\nmask = "kmask.npy"\ncoils = "coils.safetensors"': (ops.MRI, (2, 16, 16, 2)),
     'type = "matrix"\nmatrix = "A.npy"': (ops.Matrix, (10,)),
+    'type = "phase_retrieval"': (ops.PhaseRetrieval, (1, 32, 32)),
+    'type = "phase_retrieval"\noversampling = 1.5\neps = 1e-6': (ops.PhaseRetrieval, (1, 24, 24)),
     'type = "identity"': (ops.Identity, (1, 16, 16)),
 }
 
@@ -169,6 +175,45 @@ def test_every_operator_builds_from_its_table(tmp_path, table):
     config = cli.load_config(write(tmp_path, PRIOR, f"[operator]\n{table}\n", NOISE, truth, TINY))
     cls, out_shape = OPERATORS[table]
     assert isinstance(config["operator"], cls) and tuple(config["operator"].out_shape) == out_shape
+
+
+def test_phase_retrieval_job_runs(tmp_path):
+    """Phase retrieval on the digits prior: y = |FFT| of a held-out digit, DPS, 2 chains of 2 draws."""
+    table = '[operator]\ntype = "phase_retrieval"\noversampling = 1.5\neps = 1e-6\n'
+    job = write(tmp_path, PRIOR, table, NOISE, '[truth]\ndataset = "digits"\n', TINY)
+    config = cli.load_config(job)
+    operator, x = config["operator"], torch.rand(1, 1, 16, 16, dtype=torch.float64)
+    assert (operator.oversampling, operator.eps) == (1.5, 1e-6)
+    expected = torch.fft.fft2(x, s=(24, 24), norm="ortho").abs()
+    assert torch.allclose(operator(x), expected, atol=1e-5)
+    cli.main(run(job, tmp_path))
+    result = PosteriorSamples.load(tmp_path / "out" / "samples.safetensors")
+    assert tuple(result.samples.shape[-3:]) == (1, 16, 16)
+    assert "PSNR" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_haze_link_job_on_two_stacked_sources_runs(tmp_path):
+    """haze_link acts on a prior of the two sources stacked as channels (here a factory's StackedPrior):
+    (2, 16, 16) -> (1, 16, 16); y is the companded hazy measurement."""
+    (tmp_path / "user_model_jobs.py").write_text(USER_MODULE)
+    y = np.random.default_rng(2).uniform(-0.5, 0.5, (1, 16, 16))
+    job = write(
+        tmp_path,
+        '[prior]\nfactory = "user_model_jobs:make_two_sources"\n',
+        '[operator]\ntype = "haze_link"\ngamma = 0.5\nmu = 100.0\n',
+        NOISE,
+        measurement(tmp_path, y),
+        TINY,
+    )
+    config = cli.load_config(job)
+    operator = config["operator"]
+    assert isinstance(operator, ops.HazeLink) and (operator.gamma, operator.mu) == (0.5, 100.0)
+    assert operator.in_shape == (2, 16, 16) and operator.out_shape == (1, 16, 16)
+    z = torch.rand(1, 2, 16, 16, dtype=torch.float64) - 0.5
+    expected = ops.ultrasound.compose(z[:, :1], z[:, 1:], 0.5, 100.0, clip=False)
+    assert torch.allclose(operator(z), expected)
+    cli.main(run(job, tmp_path))
+    assert (tmp_path / "out" / "samples.safetensors").exists()
 
 
 def test_operators_compose_in_order(tmp_path):
@@ -245,6 +290,20 @@ def edited(job: Path, old: str, new: str) -> Path:
 
 
 ZEROS = np.zeros((1, 16, 16))
+
+
+def haze_job(tmp_path: Path, fields: str) -> Path:
+    (tmp_path / "user_model_jobs.py").write_text(USER_MODULE)
+    return write(
+        tmp_path,
+        '[prior]\nfactory = "user_model_jobs:make_two_sources"\n',
+        f'[operator]\ntype = "haze_link"\n{fields}',
+        NOISE,
+        measurement(tmp_path, ZEROS),
+        TINY,
+    )
+
+
 CHAIN = '[[operator]]\ntype = "downsample"\nfactor = 2\n\n[[operator]]\ntype = "matrix"\nmatrix = "A.npy"\n'
 BAD_JOBS = {  # case -> (job from tmp_path, what the one line names)
     "measurement shape": (
@@ -318,6 +377,51 @@ BAD_JOBS = {  # case -> (job from tmp_path, what the one line names)
         ),
         "noise.sigma",
     ),
+    "phase retrieval undersampled": (
+        lambda t: write(
+            t,
+            PRIOR,
+            '[operator]\ntype = "phase_retrieval"\noversampling = 0.5\n',
+            NOISE,
+            measurement(t, ZEROS),
+            TINY,
+        ),
+        "operator.oversampling: must be >= 1, got 0.5",
+    ),
+    "phase retrieval eps not positive": (
+        lambda t: write(
+            t, PRIOR, '[operator]\ntype = "phase_retrieval"\neps = 0\n', NOISE, measurement(t, ZEROS), TINY
+        ),
+        "operator.eps: must be > 0, got 0.0",
+    ),
+    "phase retrieval with a range": (  # |FFT| is not in the image's units
+        lambda t: write(
+            t,
+            PRIOR,
+            '[operator]\ntype = "phase_retrieval"\n',
+            NOISE,
+            measurement(t, ZEROS, extra="range = [0, 1]\n"),
+            TINY,
+        ),
+        "measurement.range: only for operators whose output is in the image's units",
+    ),
+    "haze link on a one-source prior": (
+        lambda t: write(t, PRIOR, '[operator]\ntype = "haze_link"\n', NOISE, measurement(t, ZEROS), TINY),
+        "operator: haze_link needs a prior of the two sources (tissue, haze) stacked as channels",
+    ),
+    "haze link gamma not positive": (
+        lambda t: haze_job(t, "gamma = -1\n"),
+        "operator.gamma: must be > 0, got -1.0",
+    ),
+    "haze link mu not positive": (lambda t: haze_job(t, "mu = 0\n"), "operator.mu: must be > 0, got 0.0"),
+    "prior name and diffusers": (
+        lambda t: edited(y_file(t, ZEROS), 'name = "digits"', 'name = "digits"\ndiffusers = "unet"'),
+        "prior: give exactly one of prior.name, prior.factory and prior.diffusers",
+    ),
+    "diffusers folder missing": (
+        lambda t: edited(y_file(t, ZEROS), 'name = "digits"', 'diffusers = "unet"'),
+        "prior.diffusers:",
+    ),
     "truth of another shape": (
         lambda t: with_file(
             t, "x.npy", np.zeros((16, 16)), PRIOR, BOX, NOISE, '[truth]\nfile = "x.npy"\n', TINY
@@ -372,3 +476,53 @@ def test_palette_images_read_as_their_colours_and_odd_modes_are_refused(tmp_path
     Image.fromarray(grey > 100).convert("1").save(tmp_path / "bits.png")
     with pytest.raises(jobs.ConfigError, match="an image of mode '1'"):
         jobs.load_array("bits.png", "measurement.file", tmp_path)
+
+
+def diffusers_job(tmp_path: Path) -> Path:
+    """A job on ``prior.diffusers = "unet"`` (an 8x8 one-channel model in [-1, 1]), the top half hidden."""
+    y = np.random.default_rng(3).uniform(-1, 1, (1, 8, 8))
+    y[:, :4] = 0
+    return write(
+        tmp_path,
+        '[prior]\ndiffusers = "unet"\nrange = [-1, 1]\n',
+        '[operator]\ntype = "inpainting"\ntop = 0\nleft = 0\nheight = 4\nwidth = 8\n',
+        NOISE,
+        measurement(tmp_path, y),
+        TINY,
+    )
+
+
+@pytest.mark.skipif(importlib.util.find_spec("diffusers") is not None, reason="diffusers is installed")
+def test_diffusers_prior_without_the_extra_is_one_line(tmp_path, cli_outcome):
+    (tmp_path / "unet").mkdir()
+    code, lines = cli_outcome(run(diffusers_job(tmp_path), tmp_path))
+    assert code == 2 and len(lines) == 1 and "Traceback" not in lines[0], lines
+    assert "prior.diffusers: needs the diffusers package; install posterior[diffusers]" in lines[0], lines
+
+
+def test_diffusers_unet_folder_is_a_prior(tmp_path, cli_outcome):
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=8,
+    )
+    unet.save_pretrained(tmp_path / "unet")
+    diffusers.DDPMScheduler(num_train_timesteps=50).save_pretrained(tmp_path / "unet")
+    job = diffusers_job(tmp_path)
+    config = cli.load_config(job)
+    assert isinstance(config["prior"], post.priors.NetworkPrior) and config["prior"].event_shape == (1, 8, 8)
+    cli.main(run(job, tmp_path))
+    assert (tmp_path / "out" / "samples.safetensors").exists()
+    # a folder of another model is one line naming the field
+    config_file = tmp_path / "unet" / "config.json"
+    config_file.write_text(config_file.read_text().replace('"UNet2DModel"', '"UNet2DConditionModel"'))
+    code, lines = cli_outcome(run(job, tmp_path))
+    assert code == 2 and len(lines) == 1, lines
+    assert "prior.diffusers:" in lines[0] and "expected a UNet2DModel" in lines[0], lines
