@@ -421,6 +421,7 @@ def _build_operator(table: dict, where: str, shape: tuple[int, ...], folder: Pat
     import torch
 
     import operators as ops
+    from operators.checks import as_float
 
     if "function" in table:
         if set(table) != {"function"}:
@@ -542,17 +543,17 @@ def _build_operator(table: dict, where: str, shape: tuple[int, ...], folder: Pat
             )
         return ops.Matrix(matrix.to(torch.float64), shape)
 
-    def bounded(k, default, lo, strict):
-        value = c.get(k, default)
-        if value < lo or strict and value == lo:
-            raise ConfigError(f"{where}.{k}: must be {'>' if strict else '>='} {lo:g}, got {value}")
-        return value
+    def bounded(k, default, **bound):  # the field k of c, within bound (gt= or ge=), or a ConfigError
+        try:
+            return as_float(c.get(k, default), f"{where}.{k}", **bound)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
 
     if kind == "phase_retrieval":
         if len(shape) != 3:
             raise ConfigError(f"{where}: phase_retrieval needs images (C, H, W), got {tuple(shape)}")
         return ops.PhaseRetrieval(
-            shape, bounded("oversampling", 2.0, 1, False), bounded("eps", 1e-12, 0, True)
+            shape, bounded("oversampling", 2.0, ge=1), bounded("eps", 1e-12, gt=0)
         )
     if kind == "haze_link":
         if len(shape) != 3 or shape[0] % 2:
@@ -561,7 +562,7 @@ def _build_operator(table: dict, where: str, shape: tuple[int, ...], folder: Pat
                 f"(2C, H, W), e.g. a StackedPrior from prior.factory; got {tuple(shape)}"
             )
         source = (shape[0] // 2, *shape[1:])
-        return ops.HazeLink(source, bounded("gamma", 1.0, 0, True), bounded("mu", 255.0, 0, True))
+        return ops.HazeLink(source, bounded("gamma", 1.0, gt=0), bounded("mu", 255.0, gt=0))
     return ops.Identity(shape)
 
 

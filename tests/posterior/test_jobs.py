@@ -386,13 +386,13 @@ BAD_JOBS = {  # case -> (job from tmp_path, what the one line names)
             measurement(t, ZEROS),
             TINY,
         ),
-        "operator.oversampling: must be >= 1, got 0.5",
+        "operator.oversampling must be a finite number >= 1, got 0.5",
     ),
     "phase retrieval eps not positive": (
         lambda t: write(
             t, PRIOR, '[operator]\ntype = "phase_retrieval"\neps = 0\n', NOISE, measurement(t, ZEROS), TINY
         ),
-        "operator.eps: must be > 0, got 0.0",
+        "operator.eps must be a finite number > 0, got 0.0",
     ),
     "phase retrieval with a range": (  # |FFT| is not in the image's units
         lambda t: write(
@@ -411,9 +411,9 @@ BAD_JOBS = {  # case -> (job from tmp_path, what the one line names)
     ),
     "haze link gamma not positive": (
         lambda t: haze_job(t, "gamma = -1\n"),
-        "operator.gamma: must be > 0, got -1.0",
+        "operator.gamma must be a finite number > 0, got -1.0",
     ),
-    "haze link mu not positive": (lambda t: haze_job(t, "mu = 0\n"), "operator.mu: must be > 0, got 0.0"),
+    "haze link mu not positive": (lambda t: haze_job(t, "mu = 0\n"), "operator.mu must be a finite number > 0, got 0.0"),
     "prior name and diffusers": (
         lambda t: edited(y_file(t, ZEROS), 'name = "digits"', 'name = "digits"\ndiffusers = "unet"'),
         "prior: give exactly one of prior.name, prior.factory and prior.diffusers",
