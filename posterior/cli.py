@@ -39,9 +39,12 @@ figures, ``report.md``, the saved result) with an ArviZ summary. Offline.
     max_batch = 256                 # optional: network micro-batches of at most 256 rows
 
 A job of many measurements (``measurement.files = "scans/*.npy"``, or a ``file`` with ``stacked =
-true``) runs one problem per measurement through :func:`posterior.distributed.run_many` (measurement
-``k`` with seed ``--seed + k``; ``--workers N`` local processes, which give the same draws), writes a
-run report in ``output/<name>/`` for each and ``summary.csv`` and ``summary.md`` over them.
+true``) runs one problem per measurement through :func:`posterior.distributed.run_many`: groups of
+``run.batch`` consecutive measurements, one batched task each with seed ``--seed +`` the index of its
+first; ``--workers N`` local processes (or Ray tasks, ``--backend ray``), which give the same draws. It
+writes a run report in ``output/<name>/`` for each and ``summary.csv`` and ``summary.md`` over them. A
+task that raises makes its measurements' rows errors, not the job's end; the others still run, and the
+command then exits with status 1. ``--resume`` runs only the measurements without a complete report.
 
 The sections and fields are declared in :mod:`posterior.jobs` (``SCHEMA``), which builds the problem;
 docs/cli.md lists them, generated from it.
@@ -81,6 +84,8 @@ JOB = "job.toml"  # the copy of the job file in the output folder
 RUN_FILES = ("checkpoint.pt", "report.md", "samples.safetensors", "summary.csv", "summary.png", "draws.png",
              "convergence.png", "smc_ess.png", "ranks.png", "coverage.png")  # what a run writes (job.toml aside)
 SUMMARY_FILES = ("summary.csv", "summary.md")  # what a run of many measurements writes besides its runs
+ROW = "row.json"  # a measurement's row of the summary, written after its report: its run is complete
+MEASUREMENT_FILES = (*RUN_FILES, ROW)  # what the run of one of many measurements writes
 BAD_JOB = (ValueError, TypeError, KeyError, OSError)  # exit 2: the job cannot run as written
 FAILED_RUN = (ArithmeticError, RuntimeError, MemoryError)  # exit 1: the run started and failed
 
@@ -160,7 +165,7 @@ def _build(config: dict, path: Path, device: str) -> dict:
     def count(key: str, default: int) -> int:
         """``run.key``: a positive int, or for ``checkpoint_every`` and ``max_batch`` also 0 (never, all)."""
         value = field("run", key, default)
-        if value < 0 or value == 0 and key in ("num_samples", "chains"):
+        if value < 0 or value == 0 and key in ("num_samples", "chains", "batch"):
             raise ConfigError(f"run.{key}: must be a positive int, got {value}")
         return value
 
@@ -251,6 +256,7 @@ def _build(config: dict, path: Path, device: str) -> dict:
         "output": _output(field("run", "output", f"runs/{path.stem}")),
         "checkpoint_every": count("checkpoint_every", 0),
         "max_batch": count("max_batch", 0) or None,
+        "batch": count("batch", 1),
     }
 
 
@@ -338,8 +344,9 @@ def _claim(
 ) -> None:
     """Refuse an output folder that is a file or holds results of an earlier run (files matching
     ``patterns``, the job file itself aside), unless ``--resume`` continues that run there or
-    ``--overwrite`` is given. For a run report (``RUN_FILES``) ``--overwrite`` removes them first, so
-    that no stale figure or checkpoint survives; ``train`` rewrites its own files."""
+    ``--overwrite`` is given (``--resume`` is suggested where ``checkpoint`` is). For a run report
+    (``RUN_FILES``, ``MEASUREMENT_FILES``) ``--overwrite`` removes them first, so that no stale figure
+    or checkpoint survives; ``train`` rewrites its own files."""
     if directory.exists() and not directory.is_dir():
         raise ConfigError(f"{directory}: the output folder is a file")
     earlier = sorted(
@@ -353,7 +360,7 @@ def _claim(
             f"{directory} holds the results of an earlier run ({', '.join(earlier)}); "
             "pass --overwrite to replace them" + (" or --resume to continue it" if resumable else "")
         )
-    for name in earlier if patterns is RUN_FILES else ():
+    for name in earlier if patterns in (RUN_FILES, MEASUREMENT_FILES) else ():
         (directory / name).unlink()
 
 
@@ -446,65 +453,164 @@ def _demo(args: argparse.Namespace) -> None:
     print(f"done in {time.perf_counter() - start:.0f} s; open {args.out}/*/report.md")
 
 
-def _solve_many(config: dict, indices: list[int], seed: int, directory: Path) -> list[dict]:
-    """Measurements ``indices`` of a job of many through :func:`posterior.distributed.run_many`
-    (measurement ``k`` with seed ``seed + k``, one task each), a run report in ``directory/<name>/``
-    each; their rows of the summary."""
+def _problem(config: dict, k: int):
+    """Measurement ``k`` of a job of many as a problem on the prior's device."""
     import posterior as post
-    from posterior import plots
+
+    y = config["many"]["ys"][k].to(config["prior"].device)
+    return post.InverseProblem(config["operator"], config["noise"], y)
+
+
+def _sample(
+    config: dict, group: list[int], seed: int, backend: str = "local", workers: int = 1, threads: int = 1
+):
+    """Measurements ``group`` (consecutive indices) as one task of :func:`posterior.distributed.run_many`
+    (one batched call with seed ``seed + group[0]``): their results, or the line of the error that
+    stopped it (its type and message)."""
     from posterior.distributed import run_many
 
-    many = config["many"]
-    device = config["prior"].device
-    problems = [post.InverseProblem(config["operator"], config["noise"], many["ys"][k].to(device)) for k in indices]
-    results = run_many(
-        problems,
-        config["sampler"],
-        config["prior"],
-        config["num_samples"],
-        chains=config["chains"],
-        seeds=[seed + k for k in indices],
-        max_batch=config.get("max_batch"),
-    )
-    rows = []
-    for k, problem, result in zip(indices, problems, results, strict=True):
-        truth = None if many["truths"] is None else many["truths"][k].cpu()
-        plots.write_report(
-            result,
-            directory / many["names"][k],
-            truth=truth,
-            problem=problem,
-            prior=config.get("prior_name", config["prior"]),
-            seed=seed + k,
+    try:
+        return run_many(
+            [_problem(config, k) for k in group],
+            config["sampler"],
+            config["prior"],
+            config["num_samples"],
+            chains=config["chains"],
+            seeds=[seed + group[0]],
+            batch=len(group),
+            backend=backend,
+            workers=workers,
+            threads=threads,
+            max_batch=config.get("max_batch"),
         )
-        found = {} if truth is None else plots.scores(result, truth)
-        verdict = result.verdict
-        rows.append(
-            {
-                "index": k,
-                "measurement": many["names"][k],
-                "file": many["files"][k],
-                "truth_file": (many.get("truth_files") or [""] * len(many["ys"]))[k],
-                "seed": seed + k,
-                "verdict": "" if verdict is None else ("ok" if verdict.ok else "failed"),
-                "psnr_db": found.get("psnr"),
-                "ssim": found.get("ssim"),
-                "coverage": found.get("coverage"),
-                "wall_time_s": result.wall_time,
-                "nfe": result.nfe,
-                "vjp": result.grad_evals,
-                "line": "" if verdict is None else verdict.line,
-            }
-        )
+    except Exception as err:
+        err = getattr(err, "cause", None) or err  # a Ray task's error: the one raised in the task
+        report = explain(err)
+        return f"{type(err).__name__}: {report[0] if report else ' '.join(str(err).split())}"
+
+
+def _report(config: dict, group: list[int], outcome, seed: int, directory: Path) -> list[dict]:
+    """The summary's rows of measurements ``group`` from their results (a run report each in
+    ``directory/<name>/``, then ``row.json``, the row, last) or from the error line that stopped them."""
+    import json
+
+    from posterior import plots
+
+    many, rows = config["many"], []
+    for i, k in enumerate(group):
+        row = {  # the error's row, unless a result fills it in
+            "index": k,
+            "measurement": many["names"][k],
+            "file": many["files"][k],
+            "truth_file": (many.get("truth_files") or [""] * len(many["ys"]))[k],
+            "seed": seed + group[0],
+            "verdict": "error",
+            "psnr_db": None,
+            "ssim": None,
+            "coverage": None,
+            "wall_time_s": None,
+            "nfe": None,
+            "vjp": None,
+            "error": outcome,
+            "line": f"error: {outcome}",
+        }
+        if not isinstance(outcome, str):
+            result, folder = outcome[i], directory / many["names"][k]
+            truth = None if many["truths"] is None else many["truths"][k].cpu()
+            plots.write_report(
+                result,
+                folder,
+                truth=truth,
+                problem=_problem(config, k),
+                prior=config.get("prior_name", config["prior"]),
+                seed=row["seed"],
+            )
+            found = {} if truth is None else plots.scores(result, truth)
+            verdict = result.verdict
+            row.update(
+                verdict="" if verdict is None else ("ok" if verdict.ok else "failed"),
+                psnr_db=found.get("psnr"),
+                ssim=found.get("ssim"),
+                coverage=found.get("coverage"),
+                wall_time_s=result.wall_time,
+                nfe=result.nfe,
+                vjp=result.grad_evals,
+                error="",
+                line="" if verdict is None else verdict.line,
+            )
+            (folder / f"{ROW}.tmp").write_text(json.dumps(row), encoding="utf-8")
+            (folder / f"{ROW}.tmp").replace(folder / ROW)  # whole or absent: it marks the run complete
+        rows.append(row)
     return rows
 
 
-def _many_worker(job: Path, device: str, threads: int, indices: list[int], seed: int, directory: Path) -> list[dict]:
-    """``--workers``: one local process's share of the measurements; it reads the job itself."""
+def _solve_many(config: dict, groups: list[list[int]], seed: int, directory: Path) -> list[dict]:
+    """The groups of measurements of a job of many, one task each, one after the other in this process;
+    their rows of the summary."""
+    return [
+        row
+        for group in groups
+        for row in _report(config, group, _sample(config, group, seed), seed, directory)
+    ]
+
+
+def _many_worker(
+    job: Path, device: str, threads: int, groups: list[list[int]], seed: int, directory: Path
+) -> list[dict]:
+    """``--workers``: one local process's share of the groups; it reads the job itself."""
     import torch
 
     torch.set_num_threads(threads)
-    return _solve_many(load_config(job, device), indices, seed, directory)
+    return _solve_many(load_config(job, device), groups, seed, directory)
+
+
+def _ray_many(
+    config: dict, groups: list[list[int]], seed: int, directory: Path, workers: int, threads: int
+) -> list[dict]:
+    """``--backend ray``: each group one Ray task (``workers`` at a time, each waited for by a thread of
+    this process, so that one's error stops no other); the reports are written here."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import ray
+
+    if not ray.is_initialized():  # here, once, not by run_many in every thread
+        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+    with ThreadPoolExecutor(workers) as pool:
+        outcomes = list(pool.map(lambda group: _sample(config, group, seed, "ray", workers, threads), groups))
+    return [
+        row
+        for group, outcome in zip(groups, outcomes, strict=True)
+        for row in _report(config, group, outcome, seed, directory)
+    ]
+
+
+def _resumed(
+    directory: Path, job: Path, names: list[str], groups: list[list[int]], seed: int
+) -> dict[int, dict]:
+    """``--resume`` of a job of many: the rows (by index) of the measurements whose run in ``directory``
+    is complete (``report.md``, ``samples.safetensors`` and ``row.json``), after checking that the
+    folder holds a run of this job file with this seed."""
+    import json
+
+    copy = directory / JOB
+    if not copy.is_file():
+        raise ConfigError(f"--resume: no {JOB} in {directory}: no run of this job to continue there")
+    if copy.read_bytes() != job.read_bytes():
+        raise ConfigError(
+            f"--resume: {job} differs from {copy}, the job run in {directory}; pass --overwrite to start again"
+        )
+    done = {}
+    for group in groups:
+        for k in group:
+            folder = directory / names[k]
+            if all((folder / name).is_file() for name in ("report.md", "samples.safetensors", ROW)):
+                done[k] = json.loads((folder / ROW).read_text(encoding="utf-8"))
+                if done[k]["seed"] != seed + group[0]:
+                    raise ConfigError(
+                        f"--resume: {names[k]} ran with seed {done[k]['seed']}, this run gives it "
+                        f"{seed + group[0]}; pass that run's --seed, or --overwrite to start again"
+                    )
+    return done
 
 
 def _write_summary(rows: list[dict], directory: Path, config: dict, seed: int) -> Path:
@@ -520,80 +626,113 @@ def _write_summary(rows: list[dict], directory: Path, config: dict, seed: int) -
     def number(value, form):
         return "" if value is None else format(value, form)
 
-    sampler = type(config["sampler"]).__name__
+    sampler, batch = type(config["sampler"]).__name__, config["batch"]
+    seeds = (
+        f"measurement k has seed {seed} + k"
+        if batch == 1
+        else f"groups of {batch} consecutive measurements, one batched call each, with seed {seed} + the "
+        "index of the group's first measurement"
+    )
     lines = [
         f"# {sampler}: {len(rows)} measurements",
         "",
         f"- prior: {config.get('prior_name', '')}; operator: {type(config['operator']).__name__}; "
         f"noise: {config['noise']!r}",
-        f"- {config['chains']} chains of {config['num_samples']} draws each; measurement k has seed "
-        f"{seed} + k; one run report per measurement, linked below",
+        f"- {config['chains']} chains of {config['num_samples']} draws each; {seeds}; one run report per "
+        "measurement, linked below",
         "",
         "| measurement | verdict | PSNR of the mean (dB) | SSIM | coverage | time (s) | NFE |",
         "|---|---|---|---|---|---|---|",
     ]
     for row in rows:
+        name = row["measurement"]
         lines.append(
-            f"| [{row['measurement']}]({row['measurement']}/report.md) | {row['verdict']} | "
+            f"| {name if row['error'] else f'[{name}]({name}/report.md)'} | {row['verdict']} | "
             f"{number(row['psnr_db'], '.2f')} | {number(row['ssim'], '.3f')} | "
-            f"{number(row['coverage'], '.3f')} | {row['wall_time_s']:.1f} | {row['nfe']} |"
+            f"{number(row['coverage'], '.3f')} | {number(row['wall_time_s'], '.1f')} | {number(row['nfe'], 'd')} |"
         )
     scored = [row["psnr_db"] for row in rows if row["psnr_db"] is not None]
     failed = [row["measurement"] for row in rows if row["verdict"] == "failed"]
+    errors = [row for row in rows if row["error"]]
     lines.append("")
     if scored:
         lines.append(f"- mean PSNR over the measurements: {sum(scored) / len(scored):.2f} dB")
-    lines.append(f"- verdict: {len(rows) - len(failed)} of {len(rows)} runs passed their checks")
+    passed = len(rows) - len(failed) - len(errors)
+    lines.append(f"- verdict: {passed} of {len(rows)} runs passed their checks")
     if failed:
         lines.append(f"- failed: {', '.join(failed)} (see their reports)")
+    lines.extend(f"- error, no report: {row['measurement']}: {row['error']}" for row in errors)
     path = directory / "summary.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
 
 def _run_many(args: argparse.Namespace, config: dict) -> None:
-    """A job of many measurements: one run each (``--workers`` local processes), one summary."""
+    """A job of many measurements: groups of ``run.batch`` consecutive measurements, one task each
+    (``--workers`` local processes or Ray tasks), a report per measurement and one summary. A task's
+    error is its measurements' row; the job then ends with status 1 once everything is written."""
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
     many = config["many"]
-    if args.resume:
-        raise ConfigError("--resume: not supported with many measurements (measurement.files or stacked)")
+    if args.backend == "ray" and importlib.util.find_spec("ray") is None:
+        raise ConfigError("--backend ray: needs Ray; pip install 'posterior[ray]'")
     directory = args.out or config["output"]
-    _claim(directory, SUMMARY_FILES, args, job=args.config)
+    count, batch = len(many["ys"]), config["batch"]
+    groups = [list(range(first, min(first + batch, count))) for first in range(0, count, batch)]
+    done = _resumed(directory, args.config, many["names"], groups, args.seed) if args.resume else {}
+    _claim(directory, SUMMARY_FILES, args, job=args.config, checkpoint=JOB)
     for name in many["names"]:
-        _claim(directory / name, RUN_FILES, args)
+        _claim(directory / name, MEASUREMENT_FILES, args, checkpoint=ROW)
     directory.mkdir(parents=True, exist_ok=True)
-    if not _same(directory / JOB, args.config):
+    if not args.resume and not _same(directory / JOB, args.config):  # a resume's is the same
         shutil.copyfile(args.config, directory / JOB)
-    count = len(many["ys"])
-    workers = min(args.workers, count)
-    if workers == 1:
-        rows = _solve_many(config, list(range(count)), args.seed, directory)
+    todo = [group for group in groups if not all(k in done for k in group)]  # a group reruns whole
+    workers = min(args.workers, len(todo))
+    if args.backend == "ray" and todo:
+        rows = _ray_many(config, todo, args.seed, directory, workers, args.threads)
+    elif workers <= 1:
+        rows = _solve_many(config, todo, args.seed, directory)
     else:  # spawned processes, each reading the job: nothing of it needs to be picklable
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
             shares = [
                 pool.submit(
-                    _many_worker, args.config, args.device, args.threads, list(range(w, count, workers)),
-                    args.seed, directory,
+                    _many_worker,
+                    args.config,
+                    args.device,
+                    args.threads,
+                    todo[w::workers],
+                    args.seed,
+                    directory,
                 )
                 for w in range(workers)
             ]
-            rows = sorted((row for share in shares for row in share.result()), key=lambda row: row["index"])
+            rows = [row for share in shares for row in share.result()]
+    ran = {row["index"] for row in rows}
+    rows = sorted(rows + [row for k, row in done.items() if k not in ran], key=lambda row: row["index"])
     for row in rows:
         print(f"{row['measurement']}: {row['line']}")
     path = _write_summary(rows, directory, config, args.seed)
-    print(f"{count} reports and summary.csv written; summary at {path}")
+    errors = [row["measurement"] for row in rows if row["error"]]
+    print(f"{count - len(errors)} reports and summary.csv in {directory}; summary at {path}")
+    if errors:
+        print(
+            f"posterior run: {len(errors)} of {count} measurements stopped with an error: {', '.join(errors)} "
+            f"(their rows in {path})",
+            file=sys.stderr,
+        )
+        raise SystemExit(1)
 
 
 def _run(args: argparse.Namespace) -> None:
     config = load_config(args.config, args.device)
     if config.get("many"):
         return _run_many(args, config)
-    if args.workers != 1:
-        raise ConfigError(
-            f"--workers {args.workers}: for a job of many measurements (measurement.files or stacked); this one has one"
-        )
+    for option, value, default in (("--workers", args.workers, 1), ("--backend", args.backend, "processes")):
+        if value != default:
+            raise ConfigError(
+                f"{option} {value}: for a job of many measurements (measurement.files or stacked); this one has one"
+            )
     directory = args.out or config["output"]
     _claim(directory, RUN_FILES, args, job=args.config)
     if args.resume:
@@ -731,12 +870,25 @@ def main(argv: list[str] | None = None) -> None:
         "config", type=Path, help="the run file, a TOML file: its sections and keys are described in docs/cli.md"
     )
     run.add_argument("--out", type=Path, default=None, help="output folder (default: the file's run.output)")
-    run.add_argument("--resume", action="store_true", help="continue from checkpoint.pt in the output folder")
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from checkpoint.pt in the output folder; for many measurements, run those without a "
+        "complete report",
+    )
     run.add_argument(
         "--workers",
         type=_count(1),
         default=1,
-        help="local processes for a job of many measurements (default 1); the results do not depend on it",
+        help="local processes (or Ray tasks at a time) for a job of many measurements (default 1); the results "
+        "do not depend on it",
+    )
+    run.add_argument(
+        "--backend",
+        choices=("processes", "ray"),
+        default="processes",
+        help="where a job of many measurements runs: spawned local processes (default) or Ray "
+        "(pip install 'posterior[ray]')",
     )
     run.set_defaults(run=_run)
 

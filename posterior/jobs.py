@@ -240,6 +240,13 @@ SCHEMA: dict[str, dict[str, Field] | None] = {
         "output": Field("str", '"runs/JOB"', "output folder (JOB: the job file's name)", '"runs/ct"'),
         "checkpoint_every": Field("int", 0, "write checkpoint.pt every that many steps (0: never)", "10"),
         "max_batch": Field("int", 0, "network micro-batches of at most that many rows (0: all)", "256"),
+        "batch": Field(
+            "int",
+            1,
+            "many measurements: groups of that many consecutive measurements, each one batched "
+            "sampler call; a group's seed is `--seed` + its first index",
+            "4",
+        ),
     },
 }
 SAMPLER_ROWS = (  # the sampler section has the fields of the class it names
