@@ -3,7 +3,7 @@
 1. Every sampler on the 2-D mixture problem in float32 and float64 on the device: the draws are
    finite and on the device, in the dtype (failures are recorded, not raised).
 2. Exactness on the device: AFDPS, 8 runs of ``--particles`` particles, mode weights against the
-   exact posterior (error over the 4-standard-error + 0.02 tolerance of ``tests/posterior/test_smc.py``;
+   exact posterior (error over the 4-standard-error + 0.02 tolerance of ``tests/samplers/test_smc.py``;
    below 1 passes).
 3. Cost on the digits prior (as ``benchmarks/cost.py``): every sampler at ``--batch`` rows, wall
    time, overhead against the bare network at equal NFE, throughput (row-steps per second) and peak

@@ -1,7 +1,7 @@
 """Two summed sources against their exact joint posterior: the joint sampler's guidances and AFDPS.
 
 ``x`` follows a 3-mode and ``h`` a 2-mode mixture in 2-D (std 0.5), ``y = x + h + N(0, 0.3^2)``; the
-exact joint posterior is a 6-mode mixture on the stack (the problem of ``tests/posterior/test_joint.py``
+exact joint posterior is a 6-mode mixture on the stack (the problem of ``tests/samplers/test_joint.py``
 and ``docs/dehazing.md``). Each row: sliced Wasserstein-1 of ``--draws`` (2000) draws to as many exact
 ones, divided by the floor (the same distance between exact sets, mean over 3 pairs), for the joint
 and for each source's marginal. AFDPS splits its particles into 1 or 8 runs; each run's weighted
@@ -45,7 +45,7 @@ SAMPLERS = {  # label -> (sampler, runs, whether to use the SMC weights)
 
 def summed_mixtures():
     """x ~ 3-mode and h ~ 2-mode mixtures in 2-D (std 0.5), y = x + h + N(0, 0.3^2): the stacked prior,
-    the joint prior as one 6-mode mixture on the stack, and the problem (``tests/posterior/test_joint.py``
+    the joint prior as one 6-mode mixture on the stack, and the problem (``tests/samplers/test_joint.py``
     uses this definition too)."""
     px = GaussianMixture.random(2, num_components=3, separation=3.0, std=0.5, seed=0, event_shape=(1, 2))
     ph = GaussianMixture.random(2, num_components=2, separation=3.0, std=0.5, seed=1, event_shape=(1, 2))

@@ -22,7 +22,7 @@ import torch
 import operators as ops
 import posterior as post
 from posterior.data import digits
-from posterior.priors import noise_classifier, pretrained
+from posterior.priors import pretrained
 from posterior.utils import write_json
 
 
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> dict:
         0
     ]
     sampler = post.samplers.DenoisingLangevinGibbs(
-        classifier=noise_classifier("digits"), burn_in=args.burn_in, thin=args.thin
+        classifier="digits", burn_in=args.burn_in, thin=args.thin
     )
     result = sampler.sample(
         post.InverseProblem(operator, noise, y), prior, args.draws, chains=args.chains, seed=0, progress=True

@@ -90,7 +90,7 @@ def check_measurement(
     largest) warns with :class:`MeasurementWarning`, as does a forward model that is not finite on the
     probes (then ``t`` is NaN). Returns ``t``."""
     y = problem.y if problem.batched else problem.y.unsqueeze(0)
-    if hasattr(prior, "posterior"):  # analytic: exact draws carry the correlations
+    if prior.has_posterior:  # analytic: exact draws carry the correlations
         probes = prior.sample(16, seed=0)
     else:
         center, scale = prior.location_scale()
@@ -592,7 +592,7 @@ def calibrate(
     tarp = rank((x - reference).norm(dim=2) < (truth - reference).norm(dim=2), jitter[:, -1])
     hpd_method = (
         "exact"
-        if hasattr(prior, "posterior") and InverseProblem(operator, noise, y).is_linear_gaussian
+        if prior.has_posterior and InverseProblem(operator, noise, y).is_linear_gaussian
         else "kde"
     )
     log_density = _log_density_exact if hpd_method == "exact" else _log_density_kde

@@ -250,7 +250,7 @@ class PosteriorSamples:
         or down), per-draw statistics carried along. Unweighted results are returned as they are."""
         if self.log_weights is None:
             return self
-        from posterior.samplers.smc import resample_indices
+        from posterior.samplers.resampling import resample_indices
 
         generator = torch.Generator(self.log_weights.device).manual_seed(seed)
         index = resample_indices(self.log_weights, "systematic", generator)

@@ -100,6 +100,12 @@ def randn(
     return torch.randn(shape, generator=generator, dtype=dtype, device=source).to(device)
 
 
+def per_row(value: torch.Tensor, dims: int) -> torch.Tensor:
+    """A scalar as it is, or one value per row (shape ``(n,)``) shaped ``(n, 1, ..., 1)`` to broadcast
+    against tensors of ``dims`` dimensions whose first is ``n``."""
+    return value.reshape(-1, *[1] * (dims - 1)) if value.dim() else value
+
+
 def write_json(path: str | os.PathLike, obj) -> Path:
     """Write ``obj`` as indented JSON, atomically."""
     import json

@@ -71,11 +71,11 @@ def noise_doubled_exact():
     import posterior as post
 
     class NoiseDoubled(post.samplers.ExactPosterior):
-        def run(self, problem, prior, chains, num_samples, generator, loop):
+        def build_kernel(self, problem, prior, chains, num_samples, group=None):
             wider = post.InverseProblem(
                 problem.operator, ops.GaussianNoise(2 * problem.noise.sigma), problem.y
             )
-            return super().run(wider, prior, chains, num_samples, generator, loop)
+            return super().build_kernel(wider, prior, chains, num_samples, group)
 
     return NoiseDoubled()
 

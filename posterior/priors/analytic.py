@@ -82,6 +82,8 @@ class GaussianMixture(DiffusionPrior):
     """
 
     _cached = ("_location_scale", "_eig")  # filled on use (checkpoint fingerprints skip them)
+    has_log_prob = True
+    has_posterior = True
 
     def __init__(
         self,

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from posterior.priors.integrators import ancestral_step, heun_step, sigma_grid
+from posterior.priors.integrators import ancestral_step, flow_velocity, heun_step, sigma_grid
 from posterior.utils import make_generator, progress_bar, randn
 
 
@@ -46,6 +46,9 @@ class DiffusionPrior:
     dtype: torch.dtype = torch.float32
 
     _cached = ("_location_scale",)  # filled on use (checkpoint fingerprints skip it)
+    # capabilities the samplers ask for, instead of probing for methods
+    has_log_prob: bool = False  # log_prob(x, sigma): the exact noised density (analytic priors)
+    has_posterior: bool = False  # posterior(problem): the closed-form posterior of a linear-Gaussian problem
 
     def denoise(self, x: Tensor, sigma: float | Tensor) -> Tensor:
         """Tweedie's denoiser ``E[x0 | x_sigma = x]``.
@@ -69,6 +72,16 @@ class DiffusionPrior:
     @property
     def dim(self) -> int:
         return math.prod(self.event_shape)
+
+    @property
+    def channels(self) -> list[int]:
+        """The channels of each independent source stacked in the event (one source: ``[event_shape[0]]``)."""
+        return [self.event_shape[0]]
+
+    def smallest_std(self) -> float | None:
+        """The smallest standard deviation of the prior's components along any direction, where known
+        (analytic priors); ``None`` otherwise."""
+        return None
 
     def location_scale(self) -> tuple[Tensor, float | Tensor]:
         """Where the prior's draws lie: its mean, shape ``event_shape``, and its scale: here the root
@@ -138,7 +151,7 @@ class DiffusionPrior:
         with torch.no_grad():
             for i in progress_bar(range(len(sigmas) - 1), progress, "prior sample"):
                 if method == "heun":
-                    x = heun_step(self.denoise, x, sigmas[i], sigmas[i + 1])
+                    x = heun_step(flow_velocity(self.denoise), x, sigmas[i], sigmas[i + 1])
                 else:
                     x = ancestral_step(x, self.denoise(x, sigmas[i]), sigmas[i], sigmas[i + 1], gen)
             return self.denoise(x, sigmas[-1])

@@ -57,15 +57,21 @@ class StackedPrior(DiffusionPrior):
         if len({p.dtype for p in priors}) != 1 or len({torch.device(p.device).type for p in priors}) != 1:
             raise TypeError("the priors must share one dtype and one device")
         self.priors = priors
-        self.channels = [p.event_shape[0] for p in priors]
-        self.event_shape = (sum(self.channels), *spatial.pop())
+        self._channels = [p.event_shape[0] for p in priors]
+        self.event_shape = (sum(self._channels), *spatial.pop())
         self.sigma_min = max(p.sigma_min for p in priors)
         self.sigma_max = min(p.sigma_max for p in priors)
         if not self.sigma_min < self.sigma_max:
             raise ValueError("the priors' noise ranges [sigma_min, sigma_max] do not overlap")
         self.dtype, self.device = priors[0].dtype, priors[0].device
-        if all(hasattr(p, "log_prob") for p in priors):
-            self.log_prob = self._log_prob
+
+    @property
+    def channels(self) -> list[int]:
+        return list(self._channels)
+
+    @property
+    def has_log_prob(self) -> bool:
+        return all(p.has_log_prob for p in self.priors)
 
     def split(self, x: Tensor) -> tuple[Tensor, ...]:
         """The sources of ``x`` (shape ``(..., sum C_s, *spatial)``, channels at dimension -1 - len(spatial))."""
@@ -75,8 +81,10 @@ class StackedPrior(DiffusionPrior):
         self.check_x(x)
         return torch.cat([p.denoise(s, sigma) for p, s in zip(self.priors, self.split(x), strict=True)], 1)
 
-    def _log_prob(self, x: Tensor, sigma: float | Tensor = 0.0) -> Tensor:
-        """``sum_s log p_s(x_s)`` of the noised priors, shape ``(n,)`` (analytic priors only)."""
+    def log_prob(self, x: Tensor, sigma: float | Tensor = 0.0) -> Tensor:
+        """``sum_s log p_s(x_s)`` of the noised priors, shape ``(n,)`` (when every source has one)."""
+        if not self.has_log_prob:
+            raise TypeError("StackedPrior.log_prob needs a log_prob for every source (analytic priors)")
         return sum(p.log_prob(s, sigma) for p, s in zip(self.priors, self.split(x), strict=True))
 
     def sample(self, n: int, **kwargs) -> Tensor:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from posterior.utils import randn
+from posterior.utils import per_row, randn
 
 
 def sigma_grid(
@@ -36,6 +36,19 @@ def sigma_grid(
     return ((hi + ramp * (lo - hi)) ** rho).to(dtype=dtype, device=device)
 
 
+def ancestral_moments(
+    x: Tensor, x0_hat: Tensor, sigma: float | Tensor, sigma_next: float | Tensor
+) -> tuple[Tensor, Tensor]:
+    """Mean and variance of the Gaussian bridge ``p(x_{sigma_next} | x_sigma = x, x0 = x0_hat)``.
+
+    Mean ``x0_hat + (sigma_next^2 / sigma^2) (x - x0_hat)``, variance ``sigma_next^2 (1 - sigma_next^2 /
+    sigma^2)`` (0 on the step to ``sigma_next = 0``): the DDPM ancestral step written in VE coordinates.
+    ``sigma`` and ``sigma_next`` are floats or tensors broadcastable to ``x``.
+    """
+    ratio = (sigma_next / sigma) ** 2
+    return x0_hat + ratio * (x - x0_hat), sigma_next**2 * (1 - ratio)
+
+
 def ancestral_step(
     x: Tensor,
     x0_hat: Tensor,
@@ -43,33 +56,35 @@ def ancestral_step(
     sigma_next: float | Tensor,
     generator: torch.Generator | None,
 ) -> Tensor:
-    """Draw ``x_{sigma_next}`` from the Gaussian bridge ``p(x_{sigma_next} | x_sigma = x, x0 = x0_hat)``.
+    """A draw of ``x_{sigma_next}`` from the bridge of :func:`ancestral_moments`."""
+    mean, var = ancestral_moments(x, x0_hat, sigma, sigma_next)
+    return mean + var**0.5 * randn(x.shape, generator, x.dtype, x.device)
 
-    Mean ``x0_hat + (sigma_next^2 / sigma^2) (x - x0_hat)``, variance
-    ``sigma_next^2 (1 - sigma_next^2 / sigma^2)``: the DDPM ancestral step written in VE coordinates.
-    ``sigma`` and ``sigma_next`` are floats or tensors broadcastable to ``x``.
-    """
-    ratio = (sigma_next / sigma) ** 2
-    noise = randn(x.shape, generator, x.dtype, x.device)
-    return x0_hat + ratio * (x - x0_hat) + sigma_next * (1 - ratio) ** 0.5 * noise
+
+def flow_velocity(denoise: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
+    """The probability-flow ODE's velocity ``dx/dsigma = (x - D(x, sigma)) / sigma`` of a denoiser ``D``
+    (``sigma`` a number or one per row of ``x``)."""
+
+    def velocity(x: Tensor, sigma: Tensor) -> Tensor:
+        return (x - denoise(x, sigma)) / per_row(torch.as_tensor(sigma, dtype=x.dtype, device=x.device), x.dim())
+
+    return velocity
 
 
 def heun_step(
-    denoise: Callable[[Tensor, Tensor], Tensor], x: Tensor, sigma: Tensor, sigma_next: Tensor
+    velocity: Callable[[Tensor, Tensor], Tensor], x: Tensor, sigma: float | Tensor, sigma_next: float | Tensor
 ) -> Tensor:
-    """One step of Heun's method on the probability-flow ODE ``dx/dsigma = (x - D(x, sigma)) / sigma``.
+    """One step of Heun's method on the ODE ``dx/dsigma = velocity(x, sigma)`` from ``sigma`` to ``sigma_next``.
 
-    Karras et al. 2022, Algorithm 1; falls back to Euler when ``sigma_next == 0``. 2 NFE (1 at the end).
-    ``sigma`` and ``sigma_next`` are numbers or one per row of ``x`` (shape ``(n,)``).
+    Karras et al. 2022, Algorithm 1 (with :func:`flow_velocity`, the prior's probability-flow ODE); falls
+    back to Euler when ``sigma_next == 0``. Two velocity evaluations (one at the end). ``sigma`` and
+    ``sigma_next`` are numbers or one per row of ``x`` (shape ``(n,)``).
     """
-
-    def rows(s):
-        s = torch.as_tensor(s, dtype=x.dtype, device=x.device)
-        return s.reshape(-1, *[1] * (x.dim() - 1)) if s.dim() else s
-
-    d = (x - denoise(x, sigma)) / rows(sigma)
-    x_euler = x + (rows(sigma_next) - rows(sigma)) * d
+    step = per_row(torch.as_tensor(sigma_next, dtype=x.dtype, device=x.device), x.dim()) - per_row(
+        torch.as_tensor(sigma, dtype=x.dtype, device=x.device), x.dim()
+    )
+    d = velocity(x, sigma)
+    x_euler = x + step * d
     if bool((torch.as_tensor(sigma_next) == 0).all()):
         return x_euler
-    d_next = (x_euler - denoise(x_euler, sigma_next)) / rows(sigma_next)
-    return x + (rows(sigma_next) - rows(sigma)) * 0.5 * (d + d_next)
+    return x + step * 0.5 * (d + velocity(x_euler, sigma_next))

@@ -1,4 +1,11 @@
-"""Posterior samplers: each a dataclass of hyperparameters with ``sample(problem, prior, num_samples, ...)``."""
+"""Posterior samplers: each a dataclass of hyperparameters with ``sample(problem, prior, num_samples, ...)``.
+
+Each sampler's update rule is a kernel (:mod:`posterior.samplers.kernel`: a state and a pure step)
+that :meth:`Sampler.sample` drives; the maths several of them share lives in
+:mod:`~posterior.samplers.guidance`, :mod:`~posterior.samplers.linear_gaussian`,
+:mod:`~posterior.samplers.langevin`, :mod:`~posterior.samplers.resampling` and
+:mod:`posterior.priors.integrators`.
+"""
 
 from posterior.samplers.afdps import AFDPS
 from posterior.samplers.base import Sampler

@@ -35,16 +35,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from posterior.priors.integrators import ancestral_moments
+from posterior.samplers.guidance import default_tempering_scale
+from posterior.samplers.linear_gaussian import LinearGaussianSVD
 from posterior.samplers.settings import POSITIVE
-from posterior.samplers.twists import (
-    LinearGaussianSVD,
-    NoisyTwist,
-    TemperedTwist,
-    TweedieTwist,
-    TwistedSampler,
-    ancestral_kernel,
-    default_tempering_scale,
-)
+from posterior.samplers.twists import NoisyTwist, TemperedTwist, TweedieTwist, TwistedSampler
 
 TWISTS = ("auto", "tweedie", "noisy", "tempered", "clean")
 MAX_TWEEDIE_RANK = 16
@@ -88,13 +83,10 @@ class AFDPS(TwistedSampler):
 
     def setup(self, problem, prior):
         twist = self.twist
+        if twist == "auto" and not LinearGaussianSVD.applies(problem):
+            twist = "tempered"
         if twist in ("auto", "tweedie", "noisy"):
-            try:
-                lg = LinearGaussianSVD.of(problem, f"AFDPS(twist={twist!r})")
-            except ValueError:
-                if twist != "auto":
-                    raise
-                twist, lg = "tempered", None
+            lg = LinearGaussianSVD.of(problem, f"AFDPS(twist={twist!r})")
             if twist == "auto":
                 twist = (
                     "tweedie"
@@ -117,7 +109,7 @@ class AFDPS(TwistedSampler):
         if self.kernel == "ode":
             m, v = x0_hat + (sigma_next / sigma) * (x - x0_hat), sigma.new_zeros(())
         else:
-            m, v = ancestral_kernel(x, x0_hat, sigma, sigma_next)
+            m, v = ancestral_moments(x, x0_hat, sigma, sigma_next)
         if optimal:
             x_next, log_norm = ctx.lg.product_move(m, v, ctx.variance(sigma_next), generator)
             new = ctx.evaluate(problem, prior, x_next, sigma_next)

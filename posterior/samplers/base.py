@@ -16,6 +16,7 @@ from posterior import diagnostics
 from posterior.priors.base import DiffusionPrior
 from posterior.problem import InverseProblem
 from posterior.results import PosteriorSamples
+from posterior.samplers.kernel import Divergence, Kernel, state_fields
 from posterior.samplers.loop import Loop, fingerprint, seed_name
 from posterior.samplers.settings import check_settings
 from posterior.utils import make_generator
@@ -46,7 +47,11 @@ class CountingPrior:
         if self.loop is not None and self.loop.group is None and not bool(torch.isfinite(out.detach()).all()):
             if not bool(torch.isfinite(x.detach()).all()):
                 what = "the state before a denoiser call (a likelihood step of the sampler)"
-            hint = "check that the forward model and the likelihood are finite for any x" if what == DATA_TERM else None
+            hint = (
+                "check that the forward model and the likelihood are finite for any x"
+                if what == DATA_TERM
+                else None
+            )
             self.loop.fail(self.loop.step, sigma, f"{what} returned non-finite values", hint)
         return out
 
@@ -122,45 +127,13 @@ def one_y_per_chain(problem: InverseProblem, chains: int, num_samples: int, who:
     return InverseProblem(problem.operator, problem.noise, per_chain[:, 0])
 
 
-def tweedie_guidance(
-    problem: InverseProblem, prior: CountingPrior, x: Tensor, sigma: Tensor, objective: str | Callable
-) -> tuple[Tensor, Tensor]:
-    """Tweedie estimate ``x0_hat = D(x, sigma)`` and the gradient, through the denoiser, of a data term at it.
-
-    ``objective="likelihood"`` differentiates ``log p(y | x0_hat)``; ``"residual"`` differentiates
-    ``-||y - A(x0_hat)||_2`` per sample (the DPS paper's normalised step); a callable
-    ``objective(x0_hat) -> (n,)`` is differentiated as it is. One NFE and one vector-Jacobian product.
-
-    Returns
-    -------
-    x0_hat : Tensor, shape (n, *event_shape), detached
-    grad : Tensor, shape (n, *event_shape)
-    """
-    if callable(objective):
-        value = objective
-    elif objective == "likelihood":
-        value = problem.log_likelihood
-    else:
-
-        def value(x0_hat):
-            residual = problem.y - problem.operator(x0_hat)
-            return -torch.sqrt(
-                (residual.reshape(x0_hat.shape[0], -1) ** 2).sum(1) + torch.finfo(x0_hat.dtype).tiny
-            )
-
-    x0_hat, _, grad = prior.denoise_vjp(x, sigma, value)
-    return x0_hat, grad
-
-
 @dataclasses.dataclass
 class Sampler:
     """Base class of the samplers: a dataclass of hyperparameters plus :meth:`sample`.
 
-    Subclasses implement ``run(problem, prior, chains, num_samples, generator, loop)`` returning
-    ``(samples of shape (chains * num_samples, *event_shape), trace dict)``, chain-major, and set
-    ``kind``; their steps go through ``loop`` (:class:`~posterior.samplers.loop.Loop`). A
-    ``"log_weights"`` entry of the trace, shape ``(chains, num_samples)``, becomes the result's
-    importance weights.
+    Subclasses implement :meth:`build_kernel`, which binds the settings to one problem as a
+    :class:`~posterior.samplers.kernel.Kernel` (a state and a pure step), and set ``kind``;
+    :meth:`sample` validates the inputs and drives the kernel (:meth:`drive`).
     """
 
     kind = "samples"
@@ -279,7 +252,7 @@ class Sampler:
             loop.bounds = prior.location_scale()
         start = time.perf_counter()
         try:
-            x, trace = self.run(problem, counted, chains, num_samples, generator, loop)
+            x, trace = self.drive(self.build_kernel(problem, counted, chains, num_samples, group), generator, loop)
         finally:
             loop.close()
         wall = time.perf_counter() - start
@@ -308,5 +281,34 @@ class Sampler:
         )
         return result
 
-    def run(self, problem, prior, chains, num_samples, generator, loop):
+    def build_kernel(self, problem: InverseProblem, prior, chains: int, num_samples: int, group=None) -> Kernel:
+        """This sampler's :class:`~posterior.samplers.kernel.Kernel` for one problem (checks the problem
+        and precomputes what does not change between steps). ``prior`` counts NFE; ``y`` holds one row
+        per draw when batched; ``group`` splits particle samplers across processes."""
         raise NotImplementedError
+
+    @staticmethod
+    def drive(kernel: Kernel, generator: torch.Generator, loop: Loop) -> tuple[Tensor, dict]:
+        """Run ``kernel`` from its initial state (or the checkpoint ``loop`` resumes) to its end: each
+        state goes to ``loop`` (NaN guard, callback, checkpoints, progress); returns ``kernel.finish``."""
+
+        def initial() -> dict:
+            try:
+                return state_fields(kernel.init(generator))
+            except Divergence as stop:  # e.g. every start weight of an SMC run is zero
+                loop.fail(0, stop.sigma, stop.what, stop.hint)
+
+        start, fields = loop.resume(
+            initial,
+            kernel.steps,
+            lambda k, saved: kernel.shown(kernel.State(**saved), k),
+        )
+        state, k = kernel.State(**fields), start
+        while not kernel.finished(state, k):
+            try:
+                state, info = kernel.step(state, k, generator)
+            except Divergence as stop:
+                loop.fail(k, stop.sigma, stop.what, stop.hint)
+            loop.done(k, info.sigma, state_fields(state), check=info.check, view=info.view, advance=info.advance)
+            k += 1
+        return kernel.finish(state, generator)

@@ -5,7 +5,7 @@ arXiv:2209.14593; extended here to a posterior (``docs/mcmc.md``).
 
 Each chain targets ``pi(x, sigma | y) ∝ p(sigma) p_sigma(x) p_sigma(y | x)`` over a grid of noise
 levels (``p(sigma)`` uniform over the grid, i.e. log-uniform in ``sigma``; ``p_sigma(y | x)`` the
-:class:`~posterior.samplers.lml.LikelihoodSurrogate`). One iteration is two Gibbs blocks:
+:class:`~posterior.samplers.langevin.LikelihoodSurrogate`). One iteration is two Gibbs blocks:
 
 1. ``x`` given ``sigma``: a Levenberg-Marquardt-Langevin step (preconditioned by the likelihood's
    Gauss-Newton factor: within a mode the likelihood is stiff, and plain Langevin crawls);
@@ -36,20 +36,33 @@ sigma-conditional, chains do not switch between well-separated modes at practica
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from posterior.priors.integrators import ancestral_step, heun_step, sigma_grid
+from posterior.priors.integrators import ancestral_step, flow_velocity, heun_step, sigma_grid
+from posterior.priors.noise_level import NoiseLevelClassifier
+from posterior.priors.pretrained import NAMES, noise_classifier
 from posterior.problem import InverseProblem
 from posterior.samplers.base import Sampler, one_y_per_chain
-from posterior.samplers.lml import LikelihoodSurrogate, damping_scale, lml_step, per_sample
+from posterior.samplers.guidance import posterior_tweedie
+from posterior.samplers.kernel import Info, Kernel
+from posterior.samplers.langevin import LikelihoodSurrogate, damping_scale, lml_step
+from posterior.samplers.resampling import draw_categorical, uniforms
 from posterior.samplers.settings import NON_NEGATIVE, POSITIVE, at_least
-from posterior.utils import randn
+from posterior.utils import per_row, randn
 
 SIGMA_POSTERIORS = ("auto", "exact", "classifier", "flow")
+
+
+@functools.lru_cache(maxsize=4)
+def load_classifier(name: str, device: str) -> NoiseLevelClassifier:
+    """The noise-level classifier ``name`` (a bundled prior's name or a file) on ``device``, read once."""
+    return noise_classifier(name, device=device)
 FLOW_RATIO = 1.25  # the largest change of sigma in one Heun step of the "flow" move
 
 
@@ -66,8 +79,10 @@ class DenoisingLangevinGibbs(Sampler):
     sigma_posterior : str
         ``"auto"`` (``"exact"`` for priors with ``log_prob``, else ``"classifier"`` when one is given,
         else ``"flow"``), ``"exact"``, ``"classifier"`` or ``"flow"`` (see the module docstring).
-    classifier : NoiseLevelClassifier, optional
-        For ``"classifier"`` (e.g. ``posterior.priors.noise_classifier("digits")``).
+    classifier : str, optional
+        For ``"classifier"``: the noise-level classifier of a bundled prior (``"digits"``, ...) or a
+        classifier file written by ``posterior train`` (loaded by
+        :func:`posterior.priors.noise_classifier`, once per device).
     burn_in, thin : int
         Iterations before the first draw, and between draws.
     step_size : float
@@ -82,7 +97,7 @@ class DenoisingLangevinGibbs(Sampler):
     sigma_low: float = 0.01
     sigma_high: float = 20.0
     sigma_posterior: str = "auto"
-    classifier: object = None
+    classifier: str | None = None
     burn_in: int = 100
     thin: int = 5
     step_size: float = 0.2
@@ -114,13 +129,14 @@ class DenoisingLangevinGibbs(Sampler):
                 "N(x; D(x, sigma), sigma^2 I), not p_sigma(x)); use 'flow'"
             )
         super().__post_init__()
-        if self.classifier is not None and not callable(self.classifier):
-            raise TypeError(
-                f"DenoisingLangevinGibbs: classifier must be callable (noise_classifier(...)), got {self.classifier!r}"
+        if self.classifier is not None and self.classifier not in NAMES and not Path(self.classifier).is_file():
+            raise ValueError(
+                f"DenoisingLangevinGibbs: classifier must be a bundled prior's name {NAMES} or a classifier "
+                f"file, got {self.classifier!r}"
             )
         if self.sigma_posterior == "classifier" and self.classifier is None:
             raise ValueError(
-                "DenoisingLangevinGibbs: sigma_posterior='classifier' needs classifier=noise_classifier(...)"
+                "DenoisingLangevinGibbs: sigma_posterior='classifier' needs classifier= (e.g. \"digits\")"
             )
         if not self.sigma_low < self.sigma_high:
             raise ValueError(
@@ -130,14 +146,14 @@ class DenoisingLangevinGibbs(Sampler):
     def mode(self, prior) -> str:
         if self.sigma_posterior != "auto":
             return self.sigma_posterior
-        if hasattr(prior, "log_prob"):
+        if prior.has_log_prob:
             return "exact"
         return "classifier" if self.classifier is not None else "flow"
 
     def grid(self, prior, dtype, device) -> Tensor:
         """The sigma levels, ascending, shape ``(G,)``."""
         if self.mode(prior) == "classifier":
-            return self.classifier.sigmas.to(dtype=dtype, device=device)
+            return load_classifier(self.classifier, str(device)).sigmas.to(dtype=dtype, device=device)
         return torch.logspace(
             math.log10(self.sigma_low), math.log10(self.sigma_high), self.levels, dtype=dtype, device=device
         )
@@ -151,42 +167,14 @@ class DenoisingLangevinGibbs(Sampler):
         if self.mode(prior) == "exact":
             log_px = prior.log_prob(repeated, grid.repeat(n)).reshape(n, G)
         else:
-            log_px = self.classifier.log_probs(x.to(self.classifier.sigmas.dtype)).to(x.dtype)
+            network = load_classifier(self.classifier, str(x.device))
+            log_px = network.log_probs(x.to(network.sigmas.dtype)).to(x.dtype)
         return log_px + log_lik
 
-    def flow_move(self, problem, prior, surrogate, x: Tensor, index: Tensor, grid: Tensor, generator):
-        """The ``"flow"`` move: propose ``g' = g +- 1`` (probability 1/2 each; off the grid is
-        rejected), carry ``x`` to ``sigma_g'`` along the prior's probability-flow ODE (Heun steps,
-        geometric in sigma, each changing it by at most ``FLOW_RATIO``: one step on the default grid,
-        2 NFE each), accept with probability ``min(1, p_sigma'(y | x') / p_sigma(y | x))``.
-
-        Returns ``(x, index, accepted)``, ``accepted`` of shape ``(n,)``."""
-        n = x.shape[0]
-        up = torch.rand(n, generator=generator, dtype=torch.float64, device=generator.device) < 0.5
-        proposed = index + torch.where(up, 1, -1).to(index.device)
-        inside = (proposed >= 0) & (proposed < grid.numel())
-        proposed = torch.where(inside, proposed, index)
-        sigma, sigma_next = grid[index], grid[proposed]
-        ratio = float((grid[1:] / grid[:-1]).max())  # Heun sub-steps of at most FLOW_RATIO in sigma
-        substeps = max(1, math.ceil(math.log(ratio) / math.log(FLOW_RATIO) - 1e-9))
-        moved = x
-        for k in range(substeps):
-            moved = heun_step(
-                prior.denoise,
-                moved,
-                sigma * (sigma_next / sigma) ** (k / substeps),
-                sigma * (sigma_next / sigma) ** ((k + 1) / substeps),
-            )
-        log_ratio = surrogate.log_density(problem, moved, sigma_next) - surrogate.log_density(problem, x, sigma)
-        u = torch.rand(n, generator=generator, dtype=torch.float64, device=generator.device)
-        accepted = inside & (torch.log(u).to(log_ratio.device) < log_ratio.double())
-        x = torch.where(per_sample(accepted, x.dim()), moved, x)
-        return x, torch.where(accepted, proposed, index), accepted
-
-    def run(self, problem, prior, chains, num_samples, generator, loop):
+    def build_kernel(self, problem, prior, chains, num_samples, group=None):
         dtype, device = problem.y.dtype, problem.y.device
-        n = chains * num_samples  # draws are taken from `chains` Markov chains; see below
-        if self.mode(prior) == "exact" and not hasattr(prior, "log_prob"):
+        mode = self.mode(prior)
+        if mode == "exact" and not prior.has_log_prob:
             raise ValueError("sigma_posterior='exact' needs a prior with log_prob (an analytic prior)")
         problem = one_y_per_chain(problem, chains, num_samples, "DenoisingLangevinGibbs")
         surrogate = LikelihoodSurrogate.of(problem, prior, self.gamma, "DenoisingLangevinGibbs")
@@ -199,69 +187,133 @@ class DenoisingLangevinGibbs(Sampler):
             level_surrogate = LikelihoodSurrogate.of(
                 level_problem, prior, self.gamma, "DenoisingLangevinGibbs"
             )
-        tau = damping_scale(prior, self.prior_std)
-        total = self.burn_in + self.thin * num_samples
-        start, state = loop.resume(
-            lambda: {
-                "x": self._initialize(problem, prior, surrogate, chains, float(grid[0]), generator),
-                "index": torch.zeros(chains, dtype=torch.long, device=device),
-                "draws": [],
-                "sigma_trace": [],
-            },
-            total,
+        return DLGKernel(
+            self,
+            problem,
+            prior,
+            chains,
+            num_samples,
+            mode,
+            grid,
+            surrogate,
+            level_problem,
+            level_surrogate,
+            damping_scale(prior, self.prior_std),
         )
-        x, index, draws, sigma_trace = (state[k] for k in ("x", "index", "draws", "sigma_trace"))
-        for it in range(start, total):
-            sigma = grid[index]
-            P = surrogate.preconditioner(sigma, tau)
-            x = lml_step(x, surrogate.score(problem, prior, x, sigma), P, self.step_size, generator)
-            if self.mode(prior) == "flow":
-                x, index, _ = self.flow_move(problem, prior, surrogate, x, index, grid, generator)
-            else:
-                logits = self.sigma_logits(level_problem, prior, level_surrogate, x, grid)
-                index = draw_categorical(logits, generator)
-            sigma_trace.append(grid[index].cpu())
-            if it >= self.burn_in and (it - self.burn_in + 1) % self.thin == 0:
-                draws.append(self._to_draw(problem, prior, surrogate, x, grid[index], float(grid[0])))
-            state = {"x": x, "index": index, "draws": draws, "sigma_trace": sigma_trace}
-            loop.done(it, grid[index], state, check=(x,), view={"x": x})
-        samples = torch.stack(draws, 1).reshape(n, *prior.event_shape)  # chain-major
-        return samples, {"chain_sigma": torch.stack(sigma_trace)}
 
-    def _initialize(self, problem, prior, surrogate, chains, sigma_end, generator):
-        """Guided ancestral steps with the posterior score from ``prior.sigma_max`` to ``sigma_end``."""
+
+@dataclass(frozen=True)
+class DLGState:
+    x: Tensor  # (chains, *event_shape): each chain's state
+    index: Tensor  # (chains,) long: each chain's level in the grid
+    draws: tuple[Tensor, ...]  # the draws so far, each (chains, *event_shape)
+    sigma_trace: tuple[Tensor, ...]  # each iteration's levels, each (chains,) on the CPU
+
+
+@dataclass
+class DLGKernel(Kernel):
+    """DLG bound to one problem (one ``y`` per chain when batched): ``grid`` the levels, shape ``(G,)``;
+    ``level_problem`` and ``level_surrogate`` have ``G`` rows per chain (for ``sigma_logits``)."""
+
+    settings: DenoisingLangevinGibbs
+    problem: InverseProblem
+    prior: object
+    chains: int
+    num_samples: int
+    mode: str  # the sigma move: "exact", "classifier" or "flow"
+    grid: Tensor
+    surrogate: LikelihoodSurrogate
+    level_problem: InverseProblem
+    level_surrogate: LikelihoodSurrogate
+    tau: float  # the damping scale
+
+    State = DLGState
+
+    def __post_init__(self):
+        self.steps = self.settings.burn_in + self.settings.thin * self.num_samples
+
+    def init(self, generator):
+        """Guided ancestral steps with the posterior score from ``prior.sigma_max`` to the lowest level."""
+        problem, prior, surrogate = self.problem, self.prior, self.surrogate
         dtype, device = problem.y.dtype, problem.y.device
-        sigmas = sigma_grid(sigma_end, prior.sigma_max, self.init_steps + 1, dtype=dtype, device=device)
-        x = sigmas[0] * randn((chains, *prior.event_shape), generator, dtype, device)
-        for i in range(self.init_steps):
+        sigmas = sigma_grid(
+            float(self.grid[0]), prior.sigma_max, self.settings.init_steps + 1, dtype=dtype, device=device
+        )
+        x = sigmas[0] * randn((self.chains, *prior.event_shape), generator, dtype, device)
+        for i in range(self.settings.init_steps):
             x0_hat, grad = surrogate.denoise_and_guide(problem, prior, x, sigmas[i])
-            x = ancestral_step(x, x0_hat + sigmas[i] ** 2 * grad, sigmas[i], sigmas[i + 1], generator)
-        return x
+            x = ancestral_step(
+                x, posterior_tweedie(x0_hat, grad, sigmas[i]), sigmas[i], sigmas[i + 1], generator
+            )
+        return DLGState(x, torch.zeros(self.chains, dtype=torch.long, device=device), (), ())
 
-    def _to_draw(self, problem, prior, surrogate, x, sigma, sigma_end):
-        """Posterior PF-ODE (Heun) from each chain's ``sigma`` to ``sigma_end``, then a posterior Tweedie step."""
+    def step(self, state, it, generator):
+        settings, grid = self.settings, self.grid
+        problem, prior, surrogate = self.problem, self.prior, self.surrogate
+        # 1. x given sigma: a Levenberg-Marquardt-Langevin step
+        x, sigma = state.x, grid[state.index]
+        P = surrogate.preconditioner(sigma, self.tau)
+        x = lml_step(x, surrogate.score(problem, prior, x, sigma), P, settings.step_size, generator)
+        # 2. sigma given x: a flow move to a neighbouring level, or a draw from P(sigma_g | x, y)
+        if self.mode == "flow":
+            x, index = self.flow_move(x, state.index, generator)
+        else:
+            logits = settings.sigma_logits(self.level_problem, prior, self.level_surrogate, x, grid)
+            index = draw_categorical(logits, generator)
+        draws = state.draws
+        if it >= settings.burn_in and (it - settings.burn_in + 1) % settings.thin == 0:
+            draws = (*draws, self.to_draw(x, grid[index]))
+        new = DLGState(x, index, draws, (*state.sigma_trace, grid[index].cpu()))
+        return new, Info(grid[index], check=(x,), view={"x": x})
 
-        def velocity(z, s):
+    def finish(self, state, generator):
+        samples = torch.stack(state.draws, 1)  # (chains, num_samples, *event_shape): chain-major
+        return samples.flatten(0, 1), {"chain_sigma": torch.stack(state.sigma_trace)}
+
+    def flow_move(self, x: Tensor, index: Tensor, generator):
+        """The ``"flow"`` move: propose ``g' = g +- 1`` (probability 1/2 each; off the grid is
+        rejected), carry ``x`` to ``sigma_g'`` along the prior's probability-flow ODE (Heun steps,
+        geometric in sigma, each changing it by at most ``FLOW_RATIO``: one step on the default grid,
+        2 NFE each), accept with probability ``min(1, p_sigma'(y | x') / p_sigma(y | x))``.
+
+        Returns the new ``(x, index)``."""
+        problem, surrogate, grid = self.problem, self.surrogate, self.grid
+        n = x.shape[0]
+        up = uniforms((n,), generator, index.device) < 0.5
+        proposed = index + torch.where(up, 1, -1)
+        inside = (proposed >= 0) & (proposed < grid.numel())
+        proposed = torch.where(inside, proposed, index)
+        sigma, sigma_next = grid[index], grid[proposed]
+        ratio = float((grid[1:] / grid[:-1]).max())  # Heun sub-steps of at most FLOW_RATIO in sigma
+        substeps = max(1, math.ceil(math.log(ratio) / math.log(FLOW_RATIO) - 1e-9))
+        moved = x
+        for k in range(substeps):
+            moved = heun_step(
+                flow_velocity(self.prior.denoise),
+                moved,
+                sigma * (sigma_next / sigma) ** (k / substeps),
+                sigma * (sigma_next / sigma) ** ((k + 1) / substeps),
+            )
+        log_ratio = surrogate.log_density(problem, moved, sigma_next) - surrogate.log_density(
+            problem, x, sigma
+        )
+        u = uniforms((n,), generator, log_ratio.device)
+        accepted = inside & (torch.log(u) < log_ratio.double())
+        x = torch.where(per_row(accepted, x.dim()), moved, x)
+        return x, torch.where(accepted, proposed, index)
+
+    def to_draw(self, x: Tensor, sigma: Tensor) -> Tensor:
+        """Posterior PF-ODE (Heun) from each chain's ``sigma`` (shape ``(chains,)``) to the lowest level,
+        then a posterior Tweedie step: the draws, shape ``(chains, *event_shape)``."""
+        problem, prior, surrogate, sigma_end = self.problem, self.prior, self.surrogate, float(self.grid[0])
+
+        def velocity(z, s):  # of the posterior's probability-flow ODE
             x0_hat, grad = surrogate.denoise_and_guide(problem, prior, z, s)
-            return (z - x0_hat - per_sample(s, z.dim()) ** 2 * grad) / per_sample(s, z.dim())
+            return (z - x0_hat - per_row(s, z.dim()) ** 2 * grad) / per_row(s, z.dim())
 
-        ratio = torch.linspace(0, 1, self.ode_steps + 1, dtype=x.dtype, device=x.device)
+        ratio = torch.linspace(0, 1, self.settings.ode_steps + 1, dtype=x.dtype, device=x.device)
         levels = sigma[None, :] * (sigma_end / sigma[None, :]) ** ratio[:, None]  # (steps + 1, chains)
         z = x
-        for k in range(self.ode_steps):
-            s, s_next = levels[k], levels[k + 1]
-            step = per_sample(s_next - s, z.dim())
-            d = velocity(z, s)
-            z_euler = z + step * d
-            z = z + step * 0.5 * (d + velocity(z_euler, s_next))
-        x0_hat, grad = surrogate.denoise_and_guide(problem, prior, z, levels[-1])
-        return x0_hat + per_sample(levels[-1], z.dim()) ** 2 * grad
-
-
-def draw_categorical(logits: Tensor, generator) -> Tensor:
-    """One draw per row from ``softmax(logits)`` by inverse CDF with the generator's uniforms: ``(n, G) -> (n,)``."""
-    probs = torch.softmax(logits.double(), dim=-1)
-    cdf = torch.cumsum(probs, -1)
-    cdf[:, -1] = 1.0
-    u = torch.rand(logits.shape[0], 1, generator=generator, dtype=torch.float64, device=generator.device)
-    return torch.searchsorted(cdf, u.to(cdf.device)).clamp(max=logits.shape[1] - 1)[:, 0]
+        for k in range(self.settings.ode_steps):
+            z = heun_step(velocity, z, levels[k], levels[k + 1])
+        return posterior_tweedie(*surrogate.denoise_and_guide(problem, prior, z, levels[-1]), levels[-1])

@@ -32,10 +32,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
 
 from posterior.priors.integrators import ancestral_step, sigma_grid
-from posterior.samplers.base import Sampler, tweedie_guidance
-from posterior.samplers.lml import LikelihoodSurrogate, damping_scale, lml_correct
+from posterior.problem import InverseProblem
+from posterior.samplers.base import Sampler
+from posterior.samplers.guidance import tweedie_guidance
+from posterior.samplers.kernel import Info, Kernel
+from posterior.samplers.langevin import LikelihoodSurrogate, damping_scale, lml_correct
 from posterior.samplers.settings import NON_NEGATIVE, POSITIVE, RHO, at_least
 from posterior.utils import randn
 
@@ -57,9 +61,9 @@ class DPS(Sampler):
         Exponent of the EDM noise-level grid between the prior's ``sigma_max`` and ``sigma_min``.
     corrector_steps : int
         Levenberg-Marquardt-Langevin corrector steps after each DPS step (0: plain DPS), on the
-        surrogate posterior of :class:`~posterior.samplers.lml.LikelihoodSurrogate`; 1 NFE each.
+        surrogate posterior of :class:`~posterior.samplers.langevin.LikelihoodSurrogate`; 1 NFE each.
     corrector_step_size : float
-        ``h`` of the corrector (see :func:`posterior.samplers.lml.lml_correct`).
+        ``h`` of the corrector (see :func:`posterior.samplers.langevin.lml_correct`).
     """
 
     steps: int = 1000
@@ -81,32 +85,70 @@ class DPS(Sampler):
         "corrector_step_size": POSITIVE,
     }
 
-    def run(self, problem, prior, chains, num_samples, generator, loop):
-        x_shape = (chains * num_samples, *prior.event_shape)
+    def build_kernel(self, problem, prior, chains, num_samples, group=None):
         dtype, device = problem.y.dtype, problem.y.device
         sigmas = sigma_grid(
             prior.sigma_min, prior.sigma_max, self.steps, rho=self.rho, dtype=dtype, device=device
         )
-        sigmas = torch.cat([sigmas, sigmas.new_zeros(1)])
         surrogate = (
             LikelihoodSurrogate.of(problem, prior, 1.0, "DPS corrector") if self.corrector_steps else None
         )
-        tau = damping_scale(prior, None)
-        start, state = loop.resume(
-            lambda: {"x": sigmas[0] * randn(x_shape, generator, dtype, device)}, self.steps
+        sigmas = torch.cat([sigmas, sigmas.new_zeros(1)])
+        return DPSKernel(
+            self, problem, prior, chains * num_samples, sigmas, surrogate, damping_scale(prior, None)
         )
-        x = state["x"]
-        for i in range(start, self.steps):
-            sigma, sigma_next = sigmas[i], sigmas[i + 1]
-            x0_hat, grad = tweedie_guidance(problem, prior, x, sigma, self.guidance)
-            x_next = ancestral_step(x, x0_hat, sigma, sigma_next, generator)
-            if self.guidance == "residual":
-                x = x_next + self.step_size * grad
-            else:
-                x = x_next + self.step_size * (sigma**2 - sigma_next**2) * grad
-            for _ in range(self.corrector_steps if float(sigma_next) > 0 else 0):
-                x = lml_correct(
-                    problem, prior, surrogate, x, sigma_next, self.corrector_step_size, tau, generator
-                )[0]
-            loop.done(i, sigma, {"x": x}, check=(x,), view={"x": x, "x0_hat": x0_hat})
-        return x, {"sigma": sigmas[:-1].cpu()}
+
+
+@dataclass(frozen=True)
+class DPSState:
+    x: Tensor  # (n, *event_shape): the draws at the current noise level
+
+
+@dataclass
+class DPSKernel(Kernel):
+    """DPS bound to one problem: ``sigmas`` the grid with a final 0, ``surrogate`` the corrector's
+    likelihood (``None`` without corrector steps)."""
+
+    settings: DPS
+    problem: InverseProblem
+    prior: object
+    n: int
+    sigmas: Tensor
+    surrogate: LikelihoodSurrogate | None
+    tau: float  # the corrector's damping scale
+
+    State = DPSState
+
+    def __post_init__(self):
+        self.steps = self.settings.steps
+
+    def init(self, generator):
+        y = self.problem.y
+        return DPSState(
+            self.sigmas[0] * randn((self.n, *self.prior.event_shape), generator, y.dtype, y.device)
+        )
+
+    def step(self, state, i, generator):
+        settings, problem, prior = self.settings, self.problem, self.prior
+        sigma, sigma_next = self.sigmas[i], self.sigmas[i + 1]
+        x0_hat, grad = tweedie_guidance(problem, prior, state.x, sigma, settings.guidance)
+        x = ancestral_step(state.x, x0_hat, sigma, sigma_next, generator)
+        if settings.guidance == "residual":  # Algorithm 1: zeta' grad of -||y - A(x0_hat)||
+            x = x + settings.step_size * grad
+        else:  # the posterior score's likelihood term over the step's variance
+            x = x + settings.step_size * (sigma**2 - sigma_next**2) * grad
+        for _ in range(settings.corrector_steps if float(sigma_next) > 0 else 0):
+            x = lml_correct(
+                problem,
+                prior,
+                self.surrogate,
+                x,
+                sigma_next,
+                settings.corrector_step_size,
+                self.tau,
+                generator,
+            )[0]
+        return DPSState(x), Info(sigma, check=(x,), view={"x": x, "x0_hat": x0_hat})
+
+    def finish(self, state, generator):
+        return state.x, {"sigma": self.sigmas[:-1].cpu()}

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import torch
 
 from posterior.problem import InverseProblem
-from posterior.samplers.base import Sampler
+from posterior.samplers.base import Sampler, one_y_per_chain
+from posterior.samplers.kernel import Kernel
 
 
 @dataclass
@@ -22,22 +23,47 @@ class ExactPosterior(Sampler):
 
     kind = "samples"
 
-    def run(self, problem, prior, chains, num_samples, generator, loop):
-        if loop.checkpoint is not None or loop.resume_from is not None:
+    def sample(self, problem, prior, num_samples, *, checkpoint=None, resume=None, **options):
+        """:meth:`Sampler.sample` without ``checkpoint`` and ``resume``: the draws take no steps."""
+        if checkpoint is not None or resume is not None:
             raise ValueError("ExactPosterior draws in one step: there is nothing to checkpoint or resume")
-        if not hasattr(prior, "posterior"):
+        return super().sample(problem, prior, num_samples, **options)
+
+    def build_kernel(self, problem, prior, chains, num_samples, group=None):
+        if not prior.has_posterior:
             raise ValueError("ExactPosterior needs an analytic prior (GaussianMixture or Gaussian)")
-        if not problem.batched:
-            return prior.posterior(problem).sample(chains * num_samples, seed=generator), {}
-        ys = problem.y.reshape(chains, num_samples, *problem.operator.out_shape)[:, 0]
-        draws = [
-            self.draw(
-                prior.posterior(InverseProblem(problem.operator, problem.noise, y)), num_samples, generator
-            )
-            for y in ys
-        ]
-        return torch.cat(draws), {}
+        problem = one_y_per_chain(problem, chains, num_samples, "ExactPosterior")
+        return ExactKernel(self, problem, prior, chains, num_samples)
 
     def draw(self, exact, n: int, generator):
         """``n`` draws from one exact posterior (a hook for deliberately wrong variants in tests)."""
         return exact.sample(n, seed=generator)
+
+
+@dataclass(frozen=True)
+class ExactState:
+    """Nothing: the draws are made at the end, in one go."""
+
+
+@dataclass
+class ExactKernel(Kernel):
+    """Exact draws for one problem (``y`` one per chain when batched); no steps."""
+
+    settings: ExactPosterior
+    problem: InverseProblem
+    prior: object
+    chains: int
+    num_samples: int
+
+    State = ExactState
+    steps = 0
+
+    def init(self, generator):
+        return ExactState()
+
+    def finish(self, state, generator):
+        problem, prior, draw = self.problem, self.prior, self.settings.draw
+        if not problem.batched:
+            return draw(prior.posterior(problem), self.chains * self.num_samples, generator), {}
+        problems = [InverseProblem(problem.operator, problem.noise, y) for y in problem.y]
+        return torch.cat([draw(prior.posterior(p), self.num_samples, generator) for p in problems]), {}

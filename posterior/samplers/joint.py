@@ -44,7 +44,10 @@ from torch import Tensor
 
 from operators.noise import GaussianNoise
 from posterior.priors.integrators import ancestral_step, sigma_grid
-from posterior.samplers.base import Sampler, tweedie_guidance
+from posterior.problem import InverseProblem
+from posterior.samplers.base import Sampler
+from posterior.samplers.guidance import gaussian_data_fit, pigdm_variance, posterior_tweedie, tweedie_guidance
+from posterior.samplers.kernel import Info, Kernel
 from posterior.samplers.settings import NON_NEGATIVE, POSITIVE, RHO, at_least
 from posterior.utils import randn
 
@@ -91,7 +94,7 @@ class JointPosterior(Sampler):
 
     def scales(self, prior, dtype, device) -> Tensor:
         """``Lambda`` as a tensor ``(sum C_s, 1, ..., 1)`` over the stacked channels."""
-        channels = getattr(prior, "channels", [prior.event_shape[0]])
+        channels = prior.channels
         sizes = (
             self.step_size if isinstance(self.step_size, tuple | list) else (self.step_size,) * len(channels)
         )
@@ -102,23 +105,7 @@ class JointPosterior(Sampler):
         )
         return per_channel.reshape(-1, *[1] * (len(prior.event_shape) - 1)).to(device)
 
-    def guide(self, problem, prior, x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
-        """``D(x, sigma)`` and ``g``, both of shape ``x.shape``."""
-        if self.guidance == "dps":
-            return tweedie_guidance(problem, prior, x, sigma, "likelihood")
-        variance = problem.noise.variance(problem.y)
-        if self.guidance == "pigdm":
-            r2 = sigma**2 * self.sigma_data**2 / (sigma**2 + self.sigma_data**2)
-            return tweedie_guidance(
-                problem, prior, x, sigma, lambda x0: gaussian_log_density(problem, x0, variance + r2)
-            )
-        with torch.enable_grad():
-            z = x.detach().requires_grad_(True)
-            (grad,) = torch.autograd.grad(gaussian_log_density(problem, z, variance + sigma**2).sum(), z)
-        with torch.no_grad():
-            return prior.denoise(x, sigma), grad
-
-    def run(self, problem, prior, chains, num_samples, generator, loop):
+    def build_kernel(self, problem, prior, chains, num_samples, group=None):
         if self.guidance != "dps" and not isinstance(problem.noise, GaussianNoise):
             raise ValueError(
                 f"guidance={self.guidance!r} needs GaussianNoise; use guidance='dps' for other noise"
@@ -127,27 +114,22 @@ class JointPosterior(Sampler):
         dtype, device = problem.y.dtype, problem.y.device
         top = prior.sigma_max if self.sigma_start is None else min(self.sigma_start, prior.sigma_max)
         sigmas = sigma_grid(prior.sigma_min, top, self.steps, rho=self.rho, dtype=dtype, device=device)
-        sigmas = torch.cat([sigmas, sigmas.new_zeros(1)])
-        scale = self.scales(prior, dtype, device)
-
-        def initial():
-            x = sigmas[0] * randn((n, *prior.event_shape), generator, dtype, device)
-            return {"x": x + self.start(problem, prior, n) if self.sigma_start is not None else x}
-
-        first, state = loop.resume(initial, self.steps)
-        x = state["x"]
-        for i in range(first, self.steps):
-            sigma, sigma_next = sigmas[i], sigmas[i + 1]
-            x0_hat, grad = self.guide(problem, prior, x, sigma)
-            x = ancestral_step(x, x0_hat + sigma**2 * scale * grad, sigma, sigma_next, generator)
-            loop.done(i, sigma, {"x": x}, check=(x,), view={"x": x, "x0_hat": x0_hat})
-        return x, {"sigma": sigmas[:-1].cpu()}
+        centre = self.start(problem, prior, n) if self.sigma_start is not None else None
+        return JointKernel(
+            self,
+            problem,
+            prior,
+            n,
+            torch.cat([sigmas, sigmas.new_zeros(1)]),
+            self.scales(prior, dtype, device),
+            centre,
+        )
 
     @staticmethod
     def start(problem, prior, n: int) -> Tensor:
         """The measurement repeated for every source, ``(n, *event_shape)`` (the late start's centre)."""
         y = problem.y if problem.batched else problem.y.expand(n, *problem.y.shape)
-        channels = getattr(prior, "channels", [prior.event_shape[0]])
+        channels = prior.channels
         if any((c, *prior.event_shape[1:]) != tuple(y.shape[1:]) for c in channels):
             raise ValueError(
                 f"a late start puts y (shape {tuple(y.shape[1:])}) in every source; the sources have "
@@ -156,7 +138,57 @@ class JointPosterior(Sampler):
         return y.repeat(1, len(channels), *[1] * (y.dim() - 2))
 
 
-def gaussian_log_density(problem, x: Tensor, variance: Tensor) -> Tensor:
-    """``log N(y; link(x), variance)`` per sample up to a constant, shape ``(n,)``."""
-    residual = problem.y - problem.operator(x)
-    return -0.5 * (residual**2 / variance).reshape(x.shape[0], -1).sum(1)
+@dataclass(frozen=True)
+class JointState:
+    x: Tensor  # (n, *event_shape): the stacked sources at the current noise level
+
+
+@dataclass
+class JointKernel(Kernel):
+    """The joint sampler bound to one problem: ``sigmas`` the grid with a final 0, ``scale`` ``Lambda``
+    (``(sum C_s, 1, ..., 1)``), ``centre`` the late start's (``(n, *event_shape)``; ``None``: pure noise)."""
+
+    settings: JointPosterior
+    problem: InverseProblem
+    prior: object
+    n: int
+    sigmas: Tensor
+    scale: Tensor
+    centre: Tensor | None
+
+    State = JointState
+
+    def __post_init__(self):
+        self.steps = self.settings.steps
+
+    def init(self, generator):
+        y = self.problem.y
+        x = self.sigmas[0] * randn((self.n, *self.prior.event_shape), generator, y.dtype, y.device)
+        return JointState(x if self.centre is None else x + self.centre)
+
+    def guide(self, x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
+        """``D(x, sigma)`` and ``g``, both of shape ``x.shape``."""
+        problem, prior, guidance = self.problem, self.prior, self.settings.guidance
+        if guidance == "dps":
+            return tweedie_guidance(problem, prior, x, sigma, "likelihood")
+        variance = problem.noise.variance(problem.y)
+        if guidance == "pigdm":
+            r2 = pigdm_variance(sigma, self.settings.sigma_data)
+            return tweedie_guidance(
+                problem, prior, x, sigma, lambda x0: gaussian_data_fit(problem, x0, variance + r2)
+            )
+        with torch.enable_grad():
+            z = x.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(gaussian_data_fit(problem, z, variance + sigma**2).sum(), z)
+        with torch.no_grad():
+            return prior.denoise(x, sigma), grad
+
+    def step(self, state, i, generator):
+        sigma, sigma_next = self.sigmas[i], self.sigmas[i + 1]
+        x0_hat, grad = self.guide(state.x, sigma)
+        x0_post = posterior_tweedie(x0_hat, self.scale * grad, sigma)
+        x = ancestral_step(state.x, x0_post, sigma, sigma_next, generator)
+        return JointState(x), Info(sigma, check=(x,), view={"x": x, "x0_hat": x0_hat})
+
+    def finish(self, state, generator):
+        return state.x, {"sigma": self.sigmas[:-1].cpu()}

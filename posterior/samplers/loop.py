@@ -1,19 +1,15 @@
-"""The step loop every sampler runs through: progress bar, NaN guard, callback and checkpoints.
+"""What the driver reports every step to: progress bar, NaN guard, callback and checkpoints.
 
-A sampler's ``run`` is a state and a step::
-
-    start, state = loop.resume(lambda: {"x": initial_x()}, steps)   # a fresh state, or the checkpoint's
-    x = state["x"]
-    for i in range(start, steps):
-        x = ...                                               # one step
-        loop.done(i, sigma, {"x": x}, check=(x,))
-
-:meth:`Loop.done` stops a run whose tensors went non-finite (saving the last good state first), calls
-the user's callback, and every ``checkpoint_every`` steps writes the state together with the random
-generator's state and the NFE counters, atomically. ``resume=`` (a checkpoint file) makes
-:meth:`Loop.resume` hand back that state and step, with the generator and counters restored, so the run
-continues bit for bit as if it had never stopped. The state holds tensors, numbers, strings and lists,
-tuples and dicts of them; files are read with ``torch.load(weights_only=True)``, which runs no code.
+:meth:`Sampler.drive <posterior.samplers.base.Sampler.drive>` runs a kernel
+(:mod:`posterior.samplers.kernel`) through a :class:`Loop`: :meth:`Loop.resume` gives the step to start
+from and the state (fresh, or a checkpoint's), and :meth:`Loop.done` after every step stops a run
+whose tensors went non-finite (saving the last good state first), calls the user's callback, and every
+``checkpoint_every`` steps writes the state together with the random generator's state and the NFE
+counters, atomically. ``resume=`` (a checkpoint file) makes :meth:`Loop.resume` hand back that state
+and step, with the generator and counters restored, so the run continues bit for bit as if it had
+never stopped. States are immutable (a step builds a new one), so the last good state is kept by
+reference. They hold tensors, numbers, strings and tuples, lists and dicts of them; files are read
+with ``torch.load(weights_only=True)``, which runs no code.
 """
 
 from __future__ import annotations
@@ -36,7 +32,7 @@ from operators.checks import as_int
 from posterior.diagnostics import RANGE_FACTOR, out_of_range
 from posterior.utils import atomic_write, refuse_to_replace, wrong_field
 
-FORMAT = 2  # 2: the fingerprint of issue 20 (settings, seed, digests)
+FORMAT = 3  # 2: the fingerprint of issue 20 (settings, seed, digests); 3: kernel states
 # A checkpoint's fields and their types, checked before any is used
 FIELDS = {
     "format": int,
@@ -124,7 +120,7 @@ class Loop:
         else:
             start, state = self.load(self.resume_from)
         self.last_good = self.snapshot(start, state)
-        if self.progress:
+        if self.progress and total > 0:  # a sampler without steps (exact draws) shows none
             from tqdm import tqdm  # the plain bar: one text line, also in Jupyter (no widget)
 
             done = start if shown is None else shown(start, state)
@@ -147,9 +143,9 @@ class Loop:
         ``sigma``: a number, or one per chain (messages name the largest); ``check``: tensors that
         must be finite, the first of them the draws or state whose first departure from the prior's
         range (:func:`posterior.diagnostics.out_of_range`, given ``bounds``) is recorded as
-        ``departure``; ``view``: what the callback sees (default ``state``); ``advance``: whether the
-        progress bar moves (sub-steps do not). The sampler must not modify the tensors of ``state`` in
-        place afterwards (pass copies of those it updates in place).
+        ``departure``; ``view``: what the callback sees (default ``state``; a callable is called only
+        when there is a callback); ``advance``: whether the progress bar moves (sub-steps do not).
+        ``state`` is kept as it is: its tensors must not be modified afterwards.
         """
         if not all(bool(torch.isfinite(t).all()) for t in check):
             self.fail(step, sigma, "non-finite values")
@@ -160,7 +156,8 @@ class Loop:
         if self.bar is not None and advance:
             self.bar.update(1)
         if self.callback is not None:
-            self.callback(step, {**(state if view is None else view), "sigma": sigma})
+            shown = state if view is None else view() if callable(view) else view
+            self.callback(step, {**shown, "sigma": sigma})
         if self.checkpoint is not None and (step + 1) % self.every == 0:
             self.save(self.checkpoint, self.last_good)
 
@@ -208,7 +205,7 @@ class Loop:
         return {
             "format": FORMAT,
             "step": step,
-            "state": _copy_containers(state),
+            "state": dict(state),
             "rng": self.generator.get_state(),
             "nfe": self.counters.nfe,
             "grad_evals": self.counters.grad_evals,
@@ -301,7 +298,7 @@ def mismatch(saved: dict, current: dict) -> str | None:
         if field == "config" and isinstance(saved.get(field), str):
             try:
                 old, new = json.loads(saved[field]), json.loads(value)
-            except ValueError:
+            except json.JSONDecodeError:  # a tampered file
                 return "its config is not readable"
             for key in new:
                 if isinstance(old, dict) and old.get(key) != new[key]:
@@ -396,11 +393,3 @@ def _plain(value) -> bool:
         return False
     return True
 
-
-def _copy_containers(value):
-    """The state with its lists, tuples and dicts copied (tensors shared): later appends do not leak in."""
-    if isinstance(value, dict):
-        return {k: _copy_containers(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(_copy_containers(v) for v in value)
-    return value

@@ -46,15 +46,18 @@ not posterior uncertainty there.
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
+from torch.optim.adam import adam
 
 from operators import GaussianNoise, LinearOperator
 from posterior.diagnostics import rms
+from posterior.problem import InverseProblem
 from posterior.samplers.base import Sampler, one_y_per_chain
+from posterior.samplers.kernel import Info, Kernel
 from posterior.samplers.settings import NON_NEGATIVE, POSITIVE, Range, at_least
 from posterior.utils import randn
 
@@ -198,92 +201,19 @@ class RedDiff(Sampler):
         )
         return torch.cat([head, head.new_full((tail,), self.sigma_min)]).to(device)
 
-    def run(self, problem, prior, chains, num_samples, generator, loop):
-        dtype, device = problem.y.dtype, problem.y.device
+    def build_kernel(self, problem, prior, chains, num_samples, group=None):
         gaussian = self.mode == "gaussian"
         if gaussian:  # one q per chain
             problem = one_y_per_chain(problem, chains, num_samples, "RedDiff(mode='gaussian')")
-        n = chains if gaussian else chains * num_samples
-        shape = (n, *prior.event_shape)
-        sigmas = self.schedule(prior, dtype, device)
-        tail_start = self.steps - int(self.tail_fraction * self.steps)
-
-        def initial():
-            mu = self.initial_mean(problem, prior, n) + self.init_noise * randn(
-                shape, generator, dtype, device
-            )
-            rho = torch.full(shape, math.log(self.init_std), dtype=dtype, device=device)
-            zeros = torch.zeros_like(mu)
-            beta = torch.ones((n, *[1] * len(prior.event_shape)), dtype=dtype, device=device)
-            return {
-                "mu": mu, "rho": rho, "adam": None, "mu_avg": zeros, "rho_avg": zeros, "mu_half": zeros,
-                "beta": beta, "losses": [],
-            }
-
-        start, state = loop.resume(initial, self.steps)
-        mu = state["mu"].clone().requires_grad_(True)
-        rho = state["rho"].clone().requires_grad_(gaussian)
-        optimizer = torch.optim.Adam([mu, rho] if gaussian else [mu], lr=self.lr, betas=(0.9, 0.99))
-        if state["adam"] is not None:
-            optimizer.load_state_dict(state["adam"])
-        mu_avg, rho_avg, losses = state["mu_avg"].clone(), state["rho_avg"].clone(), list(state["losses"])
-        mu_half, beta = state["mu_half"], state["beta"]
-        half = tail_start + (self.steps - tail_start) // 2  # the tail's halves are compared at the end
-        col = self.data_curvature(problem) if gaussian else None
-        weight = WEIGHTINGS[self.weighting]
-        for k in range(start, self.steps):
-            sigma = sigmas[k]
-            x0 = mu
-            if gaussian:  # reparametrised draw from q
-                x0 = mu + rho.exp() * randn(shape, generator, dtype, device)
-            eps = randn(shape, generator, dtype, device)
-            with torch.no_grad():
-                x0_hat = prior.denoise(x0.detach() + sigma * eps, sigma)
-                eps_hat = eps + (x0.detach() - x0_hat) / sigma
-                beta_used, beta = self.control_variate_coefficient(eps_hat, eps, beta)
-                g = self.lam * weight(sigma) * (eps_hat - beta_used * eps)
-            if col is None:
-                data = -problem.log_likelihood(x0)
-            else:  # closed-form E_q[-log p(y | x0)]
-                data = -problem.log_likelihood(mu) + 0.5 * (col * torch.exp(2 * rho)).reshape(n, -1).sum(1)
-            loss = data.sum() + (g * x0).sum()
-            if gaussian:
-                loss = loss - rho.sum()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if k >= tail_start:  # Polyak averaging of the iterates over the tail
-                mu_avg += (mu.detach() - mu_avg) / (k - tail_start + 1)
-                rho_avg += (rho.detach() - rho_avg) / (k - tail_start + 1)
-            if k + 1 == half:
-                mu_half = mu_avg.clone()
-            losses.append(float(data.detach().mean()))
-            state = {  # copies: the optimiser and the averages update in place
-                "mu": mu.detach().clone(),
-                "rho": rho.detach().clone(),
-                "adam": copy.deepcopy(optimizer.state_dict()),
-                "mu_avg": mu_avg.clone(),
-                "rho_avg": rho_avg.clone(),
-                "mu_half": mu_half,
-                "beta": beta,
-                "losses": losses,
-            }
-            view = {"mu": state["mu"], "rho": state["rho"], "x0_hat": x0_hat}
-            loop.done(k, sigma, state, check=(state["mu"], state["rho"]), view=view)
-        trace = {"sigma": sigmas.cpu(), "data_loss": torch.tensor(losses)}
-        if tail_start < half < self.steps:
-            first, total = half - tail_start, self.steps - tail_start
-            drift = (total * mu_avg - first * mu_half) / (total - first) - mu_half  # second half minus first
-            trace["unsettled"] = torch.tensor(self.drift_ratio(drift, rho_avg.exp(), prior))
-        if tail_start < self.steps:
-            mu, rho = mu_avg, rho_avg
-        mu, std = mu.detach(), rho.detach().exp()
-        if gaussian:
-            draws = randn((chains, num_samples, *prior.event_shape), generator, dtype, device)
-            x = (mu[:, None] + std[:, None] * draws).reshape(chains * num_samples, *prior.event_shape)
-        else:
-            x = mu
-        return x, trace
+        return RedDiffKernel(
+            self,
+            problem,
+            prior,
+            chains,
+            num_samples,
+            self.schedule(prior, problem.y.dtype, problem.y.device),
+            self.data_curvature(problem) if gaussian else None,
+        )
 
     def control_variate_coefficient(self, eps_hat, eps, previous) -> tuple:
         """``(beta to use now, beta to keep for the next iteration)``. ``"lagged"``: the previous
@@ -331,3 +261,129 @@ class RedDiff(Sampler):
         A = problem.operator.to_matrix(dtype=problem.y.dtype, device=problem.y.device)
         var = problem.noise.variance(problem.y.new_zeros(problem.operator.out_shape)).reshape(-1, 1)
         return (A**2 / var).sum(0).reshape(problem.operator.in_shape)
+
+
+def adam_step(params, grads, exp_avgs, exp_avg_sqs, k: int, lr: float) -> tuple[tuple, tuple, tuple]:
+    """Step ``k`` (0-based) of ``torch.optim.Adam(params, lr, betas=(0.9, 0.99))`` with torch's own update:
+    the new parameters and first and second moments, each a tuple shaped like ``params`` (the inputs are
+    not modified)."""
+    params = [p.detach().clone() for p in params]
+    exp_avgs, exp_avg_sqs = [m.clone() for m in exp_avgs], [v.clone() for v in exp_avg_sqs]
+    with torch.no_grad():
+        adam(
+            params,
+            list(grads),
+            exp_avgs,
+            exp_avg_sqs,
+            [],
+            [torch.tensor(float(k)) for _ in params],  # the step count as Adam keeps it; incremented here
+            amsgrad=False,
+            beta1=0.9,
+            beta2=0.99,
+            lr=lr,
+            weight_decay=0.0,
+            eps=1e-8,
+            maximize=False,
+        )
+    return tuple(params), tuple(exp_avgs), tuple(exp_avg_sqs)
+
+
+@dataclass(frozen=True)
+class RedDiffState:
+    mu: Tensor  # (n, *event_shape): q's means (the point estimates in "point" mode)
+    rho: Tensor  # (n, *event_shape): q's log standard deviations (unused in "point" mode)
+    exp_avgs: tuple[Tensor, ...]  # Adam's first moments of (mu,) or, in "gaussian" mode, (mu, rho)
+    exp_avg_sqs: tuple[Tensor, ...]  # Adam's second moments, likewise
+    mu_avg: Tensor  # (n, *event_shape): the Polyak averages of the tail's iterates so far
+    rho_avg: Tensor  # (n, *event_shape)
+    mu_half: Tensor  # (n, *event_shape): mu_avg at the tail's half (zeros before)
+    beta: Tensor  # (n, 1, ..., 1): the control variate's coefficient kept for the next iteration
+    losses: tuple[float, ...]  # the mean data loss of every iteration so far
+
+
+@dataclass
+class RedDiffKernel(Kernel):
+    """RED-Diff bound to one problem (one ``y`` per chain in ``"gaussian"`` mode): ``sigmas`` the
+    schedule, ``curvature`` ``diag(A^T R^-1 A)`` for the closed-form data term (``None``: Monte Carlo)."""
+
+    settings: RedDiff
+    problem: InverseProblem
+    prior: object
+    chains: int
+    num_samples: int
+    sigmas: Tensor  # (steps,)
+    curvature: Tensor | None  # (*event_shape,)
+
+    State = RedDiffState
+
+    def __post_init__(self):
+        self.steps = self.settings.steps
+        self.gaussian = self.settings.mode == "gaussian"
+        self.tail_start = self.steps - int(self.settings.tail_fraction * self.steps)
+        self.half = self.tail_start + (self.steps - self.tail_start) // 2  # the tail's halves are compared
+
+    def init(self, generator):
+        settings, prior, y = self.settings, self.prior, self.problem.y
+        n = self.chains if self.gaussian else self.chains * self.num_samples
+        shape = (n, *prior.event_shape)
+        mu = settings.initial_mean(self.problem, prior, n) + settings.init_noise * randn(
+            shape, generator, y.dtype, y.device
+        )
+        rho = torch.full(shape, math.log(settings.init_std), dtype=y.dtype, device=y.device)
+        zeros = torch.zeros_like(mu)
+        moments = (zeros, zeros) if self.gaussian else (zeros,)
+        beta = torch.ones((n, *[1] * len(prior.event_shape)), dtype=y.dtype, device=y.device)
+        return RedDiffState(mu, rho, moments, moments, zeros, zeros, zeros, beta, ())
+
+    def step(self, state, k, generator):
+        settings, problem, prior = self.settings, self.problem, self.prior
+        sigma, shape, dtype, device = self.sigmas[k], state.mu.shape, state.mu.dtype, state.mu.device
+        with torch.enable_grad():
+            mu = state.mu.detach().requires_grad_(True)  # fresh leaves for the loss's gradient
+            rho = state.rho.detach().requires_grad_(self.gaussian)
+            x0 = mu
+            if self.gaussian:  # reparametrised draw from q
+                x0 = mu + rho.exp() * randn(shape, generator, dtype, device)
+            eps = randn(shape, generator, dtype, device)
+            with torch.no_grad():
+                x0_hat = prior.denoise(x0.detach() + sigma * eps, sigma)
+                eps_hat = eps + (x0.detach() - x0_hat) / sigma
+                beta_used, beta = settings.control_variate_coefficient(eps_hat, eps, state.beta)
+                g = settings.lam * WEIGHTINGS[settings.weighting](sigma) * (eps_hat - beta_used * eps)
+            if self.curvature is None:
+                data = -problem.log_likelihood(x0)
+            else:  # closed-form E_q[-log p(y | x0)]
+                spread = (self.curvature * torch.exp(2 * rho)).reshape(shape[0], -1).sum(1)
+                data = -problem.log_likelihood(mu) + 0.5 * spread
+            loss = data.sum() + (g * x0).sum()
+            if self.gaussian:
+                loss = loss - rho.sum()
+            fitted = (mu, rho) if self.gaussian else (mu,)
+            grads = torch.autograd.grad(loss, fitted)
+        fitted, exp_avgs, exp_avg_sqs = adam_step(
+            fitted, grads, state.exp_avgs, state.exp_avg_sqs, k, settings.lr
+        )
+        mu, rho = fitted if self.gaussian else (fitted[0], state.rho)
+        mu_avg, rho_avg, mu_half = state.mu_avg, state.rho_avg, state.mu_half
+        if k >= self.tail_start:  # Polyak averaging of the iterates over the tail
+            mu_avg = mu_avg + (mu - mu_avg) / (k - self.tail_start + 1)
+            rho_avg = rho_avg + (rho - rho_avg) / (k - self.tail_start + 1)
+        if k + 1 == self.half:
+            mu_half = mu_avg
+        losses = (*state.losses, float(data.detach().mean()))
+        new = RedDiffState(mu, rho, exp_avgs, exp_avg_sqs, mu_avg, rho_avg, mu_half, beta, losses)
+        return new, Info(sigma, check=(mu, rho), view={"mu": mu, "rho": rho, "x0_hat": x0_hat})
+
+    def finish(self, state, generator):
+        prior, steps, tail_start, half = self.prior, self.steps, self.tail_start, self.half
+        trace = {"sigma": self.sigmas.cpu(), "data_loss": torch.tensor(state.losses)}
+        if tail_start < half < steps:
+            first, total = half - tail_start, steps - tail_start
+            drift = (total * state.mu_avg - first * state.mu_half) / (total - first) - state.mu_half  # 2nd half - 1st
+            trace["unsettled"] = torch.tensor(self.settings.drift_ratio(drift, state.rho_avg.exp(), prior))
+        mu, rho = (state.mu_avg, state.rho_avg) if tail_start < steps else (state.mu, state.rho)
+        if not self.gaussian:
+            return mu, trace
+        std, event_shape = rho.exp(), prior.event_shape
+        draws = randn((self.chains, self.num_samples, *event_shape), generator, mu.dtype, mu.device)
+        return (mu[:, None] + std[:, None] * draws).reshape(-1, *event_shape), trace

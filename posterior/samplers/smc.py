@@ -34,76 +34,14 @@ import torch
 from torch import Tensor
 
 from posterior.priors.integrators import sigma_grid
+from posterior.problem import InverseProblem
 from posterior.samplers.base import Sampler, one_y_per_chain
+from posterior.samplers.kernel import Divergence, Info, Kernel
+from posterior.samplers.linear_gaussian import isotropic_log_density
+from posterior.samplers.resampling import RESAMPLING, ess, log_mean_exp, resample_indices
 from posterior.samplers.settings import FRACTION, NON_NEGATIVE, RHO, at_least
 from posterior.samplers.shards import Shards
 from posterior.utils import randn
-
-RESAMPLING = ("systematic", "stratified", "multinomial", "residual")
-
-
-def ess(log_weights: Tensor) -> Tensor:
-    """Effective sample size ``1 / sum_i W_i^2`` of each run: ``(B, N) -> (B,)``."""
-    w = torch.softmax(log_weights, dim=-1)
-    return 1.0 / (w**2).sum(-1)
-
-
-def log_mean_exp(log_weights: Tensor) -> Tensor:
-    """``log(mean_i exp(log_w_i))`` of each run: ``(B, N) -> (B,)``."""
-    return torch.logsumexp(log_weights, dim=-1) - math.log(log_weights.shape[-1])
-
-
-def resample_indices(log_weights: Tensor, scheme: str, generator: torch.Generator | None) -> Tensor:
-    """Ancestor indices ``(B, N)`` (within each run) drawn according to the normalised weights.
-
-    ``systematic``: one uniform per run, ``u_i = (U + i) / N``; ``stratified``: ``u_i = (U_i + i) / N``;
-    ``multinomial``: ``N`` independent draws; ``residual``: ``floor(N W_i)`` copies of each particle,
-    the remaining ``R`` drawn multinomially from the residual weights. All are unbiased.
-    """
-    B, N = log_weights.shape
-    W = torch.softmax(log_weights.double(), dim=-1)
-    device = W.device
-    source = generator.device if generator is not None else device
-
-    def uniform(shape):
-        return torch.rand(shape, generator=generator, dtype=torch.float64, device=source).to(device)
-
-    if scheme in ("systematic", "stratified"):
-        offsets = uniform((B, 1) if scheme == "systematic" else (B, N))
-        u = (offsets + torch.arange(N, dtype=torch.float64, device=device)) / N
-        cdf = torch.cumsum(W, dim=-1)
-        cdf[:, -1] = 1.0  # round-off must not push u past the last particle
-        return torch.searchsorted(cdf, u).clamp(max=N - 1)
-    if scheme == "multinomial":
-        return torch.multinomial(W.cpu(), N, replacement=True, generator=_cpu(generator)).to(device)
-    if scheme == "residual":
-        copies = torch.floor(N * W)
-        remaining = N - copies.sum(-1)  # (B,)
-        residual = N * W - copies
-        has_rest = remaining > 0
-        residual[~has_rest] = 1.0  # placeholder rows, their draws are discarded
-        draws = torch.multinomial(residual.cpu(), N, replacement=True, generator=_cpu(generator)).to(device)
-        keep = torch.arange(N, device=device) < remaining[:, None]
-        copies = copies + torch.zeros_like(W).scatter_add_(1, draws, keep.double())
-        flat = torch.repeat_interleave(torch.arange(B * N, device=device), copies.reshape(-1).long())
-        return (flat % N).reshape(B, N)
-    raise ValueError(f"resampling must be one of {RESAMPLING}, got {scheme!r}")
-
-
-def _cpu(generator: torch.Generator | None) -> torch.Generator | None:
-    """``torch.multinomial`` on CPU weights needs a CPU generator; a CUDA one is reseeded from it."""
-    if generator is None or generator.device.type == "cpu":
-        return generator
-    seed = int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
-    return torch.Generator().manual_seed(seed)
-
-
-def gaussian_log_density(x: Tensor, mean: Tensor, var: float | Tensor) -> Tensor:
-    """``log N(x; mean, var I)`` summed over all but the first dimension: ``(n, ...) -> (n,)``."""
-    var = torch.as_tensor(var, dtype=x.dtype, device=x.device)
-    d = x[0].numel()
-    sq = ((x - mean) ** 2).reshape(x.shape[0], -1).sum(1)
-    return -0.5 * sq / var - 0.5 * d * torch.log(2 * math.pi * var)
 
 
 @dataclass
@@ -168,125 +106,148 @@ class ParticleSampler(Sampler):
         """One step ``sigma -> sigma_next``: new particles, their cache and the log-weight increment ``(n,)``."""
         raise NotImplementedError
 
-    # -- the loop ------------------------------------------------------------------------------------
-    def run(self, problem, prior, chains, num_samples, generator, loop):
-        B, N = chains, num_samples
-        name = type(self).__name__
-        one_y_per_chain(problem, B, N, name)  # validates; the particles keep their rows of y
-        shards = Shards(loop.group, N)
-        problem = shards.rows(problem, B)
-        particles = shards.generator(generator)  # moves; `generator` (shared by all shards) resamples
-        dtype, device = problem.y.dtype, problem.y.device
+    def build_kernel(self, problem, prior, chains, num_samples, group=None):
+        one_y_per_chain(problem, chains, num_samples, type(self).__name__)  # refuses y varying in a run
+        shards = Shards(group, num_samples)
+        problem = shards.rows(problem, chains)
         ctx = self.setup(problem, prior)
-        sigmas = self.grid(ctx, prior, dtype, device)
+        sigmas = self.grid(ctx, prior, problem.y.dtype, problem.y.device)
+        return SMCKernel(self, problem, prior, ctx, sigmas, shards, chains, num_samples)
 
-        def initial():
-            with torch.no_grad():
-                x = sigmas[0] * randn((B * shards.n, *prior.event_shape), particles, dtype, device)
-                cache, increment = self.initialize(ctx, problem, prior, x, sigmas[0])
-                if hasattr(prior, "log_prob"):  # analytic prior: exact start weight
-                    increment = (
-                        increment
-                        + prior.log_prob(x, sigmas[0])
-                        - gaussian_log_density(x, 0.0, sigmas[0] ** 2)
-                    )
-            log_w = increment.double().reshape(B, shards.n)
-            all_w = shards.gather(log_w)
-            self._check_weights(all_w, loop, 0, sigmas[0])
-            records = {
-                "sigma": [sigmas[0]],
-                "ess": [ess(all_w) / N],
-                "resampled": [torch.zeros(B, dtype=torch.bool)],
-                "log_evidence": [log_mean_exp(all_w)],
-            }
-            queue = [(s, 0, True) for s in sigmas[1:]]  # (target, depth, on the grid)
-            return {
-                "sigma": sigmas[0],
-                "x": x,
-                "cache": cache,
-                "log_w": log_w,
-                "records": records,
-                "queue": queue,
-            }
 
-        total = len(sigmas) - 1
-        start, state = loop.resume(  # start counts sub-steps; the bar shows grid steps
-            initial, total, lambda _, st: total - sum(on_grid for *_, on_grid in st["queue"])
-        )
-        sigma, x, cache, log_w, records, queue = (
-            state[k] for k in ("sigma", "x", "cache", "log_w", "records", "queue")
-        )
-        all_w = shards.gather(log_w)
-        while queue:
+@dataclass(frozen=True)
+class SMCState:
+    sigma: Tensor  # (): the particles' noise level
+    x: Tensor  # (B * n, *event_shape): this shard's particles, run-major
+    cache: dict  # name -> (B * n, ...): what the sampler keeps per particle
+    log_w: Tensor  # (B, N) float64: the log-weights of every shard's particles
+    records: dict  # sigma, ess, resampled, log_evidence -> tuple, one entry per step: () or (B,)
+    queue: tuple  # (target sigma, bisection depth, on the grid) of each step left
+    moves: Tensor | None  # this shard's generator state for its moves (None for one process: the shared one)
+
+
+@dataclass
+class SMCKernel(Kernel):
+    """``B = chains`` SMC runs of ``N = num_samples`` particles bound to one problem: ``settings`` the
+    particle sampler whose hooks move and weight them, ``ctx`` what its ``setup`` returned, ``sigmas``
+    its grid ``(K + 1,)`` ending with 0, ``shards`` the split of each run's particles across processes
+    (``problem`` holds this shard's rows of ``y``)."""
+
+    settings: ParticleSampler
+    problem: InverseProblem
+    prior: object
+    ctx: object
+    sigmas: Tensor
+    shards: Shards
+    B: int
+    N: int
+
+    State = SMCState
+
+    def __post_init__(self):
+        self.steps = len(self.sigmas) - 1
+
+    def init(self, generator):
+        problem, prior, shards, sigma = self.problem, self.prior, self.shards, self.sigmas[0]
+        particles = shards.generator(generator)  # moves; `generator` (shared by all shards) resamples
+        shape = (self.B * shards.n, *prior.event_shape)
+        with torch.no_grad():
+            x = sigma * randn(shape, particles, problem.y.dtype, problem.y.device)
+            cache, increment = self.settings.initialize(self.ctx, problem, prior, x, sigma)
+            if prior.has_log_prob:  # analytic prior: exact start weight
+                increment = increment + prior.log_prob(x, sigma) - isotropic_log_density(x, 0.0, sigma**2)
+        log_w = shards.gather(increment.double().reshape(self.B, shards.n))
+        self._check_weights(log_w, sigma)
+        records = {
+            "sigma": (sigma,),
+            "ess": (ess(log_w) / self.N,),
+            "resampled": (torch.zeros(self.B, dtype=torch.bool),),
+            "log_evidence": (log_mean_exp(log_w),),
+        }
+        queue = tuple((s, 0, True) for s in self.sigmas[1:])
+        moves = None if shards.size == 1 else particles.get_state()
+        return SMCState(sigma, x, cache, log_w, records, queue, moves)
+
+    def step(self, state, k, generator):
+        settings, shards, B, N = self.settings, self.shards, self.B, self.N
+        particles = generator
+        if state.moves is not None:
+            particles = torch.Generator(generator.device).set_state(state.moves)
+        queue = state.queue
+        while True:  # adaptive steps: halve the step while the ESS of a run falls by more than half
             target, depth, on_grid = queue[0]
             with torch.no_grad():
-                x_new, cache_new, increment = self.propagate(
-                    ctx, problem, prior, x, cache, sigma, target, particles
+                x, cache, increment = settings.propagate(
+                    self.ctx, self.problem, self.prior, state.x, state.cache, state.sigma, target, particles
                 )
-            log_w_new = log_w + increment.double().reshape(B, shards.n)
-            all_w_new = shards.gather(log_w_new)
-            if depth < self.max_bisections and bool((ess(all_w_new) < 0.5 * ess(all_w)).any()):
-                middle = (sigma * target).sqrt() if float(target) > 0 else sigma / 2
-                queue = [(middle, depth + 1, False), (target, depth + 1, on_grid), *queue[1:]]
-                continue
-            queue = queue[1:]
-            step = len(records["sigma"]) - 1  # 0-based, counting sub-steps
-            if not shards.all_finite(x_new):
-                loop.fail(step, target, "non-finite values")
-            self._check_weights(all_w_new, loop, step, target)
-            sigma, x, cache, log_w, all_w = target, x_new, cache_new, log_w_new, all_w_new
-            current_ess = ess(all_w)
-            records["log_evidence"].append(log_mean_exp(all_w))
-            records["ess"].append(current_ess / N)
-            records["sigma"].append(sigma)
-            mask = (
-                current_ess < self.ess_threshold * N
-                if self.ess_threshold < 1
-                else torch.ones_like(current_ess, dtype=torch.bool)
-            )
-            if queue and bool(mask.any()):
-                x, cache, log_w = self._resample(shards, x, cache, all_w, mask, generator)
-                all_w = shards.gather(log_w)
-            records["resampled"].append(mask.cpu() if queue else torch.zeros(B, dtype=torch.bool))
-            state = {
-                "sigma": sigma,
-                "x": x,
-                "cache": cache,
-                "log_w": log_w,
-                "records": records,
-                "queue": queue,
-            }
-            view = {"x": shards.gather_rows(x, B), "log_weights": all_w} if loop.callback else None
-            loop.done(step, sigma, state, view=view, advance=on_grid)
-        x = shards.gather_rows(x, B)
-        if self.resample:
-            one = Shards(None, N)
-            x, _, all_w = self._resample(one, x, {}, all_w, torch.ones(B, dtype=torch.bool), generator)
-        trace = {k: torch.stack([torch.as_tensor(v).cpu() for v in values]) for k, values in records.items()}
-        trace["log_weights"] = None if self.resample else all_w
+            log_w = state.log_w + shards.gather(increment.double().reshape(B, shards.n))
+            if depth >= settings.max_bisections or not bool((ess(log_w) < 0.5 * ess(state.log_w)).any()):
+                break
+            middle = (state.sigma * target).sqrt() if float(target) > 0 else state.sigma / 2
+            queue = ((middle, depth + 1, False), (target, depth + 1, on_grid), *queue[1:])
+        queue = queue[1:]
+        if not shards.all_finite(x):
+            raise Divergence(target, "non-finite values")
+        self._check_weights(log_w, target)
+        current_ess, old = ess(log_w), state.records
+        resampled = (
+            current_ess < settings.ess_threshold * N
+            if settings.ess_threshold < 1
+            else torch.ones_like(current_ess, dtype=torch.bool)
+        )
+        records = {
+            "sigma": (*old["sigma"], target),
+            "ess": (*old["ess"], current_ess / N),
+            "resampled": (*old["resampled"], resampled.cpu() if queue else torch.zeros(B, dtype=torch.bool)),
+            "log_evidence": (*old["log_evidence"], log_mean_exp(log_w)),
+        }
+        if queue and bool(resampled.any()):
+            x, cache, log_w = self._resample(shards, x, cache, log_w, resampled, generator)
+        moves = None if state.moves is None else particles.get_state()
+        new = SMCState(target, x, cache, log_w, records, queue, moves)
+
+        def view():  # gathers the particles only for a callback
+            return {"x": shards.gather_rows(x, B), "log_weights": log_w}
+
+        return new, Info(target, view=view, advance=on_grid)
+
+    def finished(self, state, k):
+        return not state.queue
+
+    def shown(self, state, k):  # grid steps done (sub-steps do not count)
+        return self.steps - sum(on_grid for *_, on_grid in state.queue)
+
+    def finish(self, state, generator):
+        x, log_w = self.shards.gather_rows(state.x, self.B), state.log_w
+        if self.settings.resample:
+            everything = torch.ones(self.B, dtype=torch.bool)
+            x, _, log_w = self._resample(Shards(None, self.N), x, {}, log_w, everything, generator)
+        trace = {k: torch.stack([torch.as_tensor(v).cpu() for v in vs]) for k, vs in state.records.items()}
+        trace["log_weights"] = None if self.settings.resample else log_w
         return x, trace
 
-    def _resample(self, shards: Shards, x: Tensor, cache: dict, all_w: Tensor, mask: Tensor, generator):
-        """Resample the runs flagged in ``mask`` on the weights of all shards ``all_w`` (``(B, N)``); each
-        shard keeps its own slice of the new particles. Returns local particles, cache and log-weights."""
-        B, N = all_w.shape
-        mask = mask.to(all_w.device)
-        ancestors = resample_indices(all_w, self.resampling, generator)
-        ancestors = torch.where(mask[:, None], ancestors, torch.arange(N, device=all_w.device))
+    def _resample(self, shards: Shards, x: Tensor, cache: dict, log_w: Tensor, mask: Tensor, generator):
+        """Resample the runs flagged in ``mask`` (``(B,)``) on the weights of all shards ``log_w``
+        (``(B, N)``); each shard keeps its own slice of the new particles. Returns local particles and
+        cache, and the new weights of all shards."""
+        B, N = log_w.shape
+        mask = mask.to(log_w.device)
+        ancestors = resample_indices(log_w, self.settings.resampling, generator)
+        ancestors = torch.where(mask[:, None], ancestors, torch.arange(N, device=log_w.device))
         ancestors = shards.local(ancestors)  # (B, n): indices into each run's N particles
-        flat = (ancestors + N * torch.arange(B, device=all_w.device)[:, None]).reshape(-1).to(x.device)
-        all_w = torch.where(mask[:, None], log_mean_exp(all_w)[:, None].expand(B, N), all_w)
+        flat = (ancestors + N * torch.arange(B, device=log_w.device)[:, None]).reshape(-1).to(x.device)
+        log_w = torch.where(mask[:, None], log_mean_exp(log_w)[:, None].expand(B, N), log_w)
         x = shards.gather_rows(x, B)[flat]
         cache = {k: shards.gather_rows(v, B)[flat] for k, v in cache.items()}
-        return x, cache, shards.local(all_w)
+        return x, cache, log_w
 
     @staticmethod
-    def _check_weights(log_w: Tensor, loop, step: int, sigma: Tensor) -> None:
+    def _check_weights(log_w: Tensor, sigma: Tensor) -> None:
+        """Raise :class:`Divergence` for NaN or ``+inf`` log-weights ``(B, N)`` or a run whose every weight is 0."""
         if bool(torch.isnan(log_w).any()) or bool((log_w == math.inf).any()):
-            loop.fail(step, sigma, "NaN or +inf log-weights")
+            raise Divergence(sigma, "NaN or +inf log-weights")
         if bool((log_w == -math.inf).all(-1).any()):
-            loop.fail(
-                step,
+            raise Divergence(
                 sigma,
                 "every particle of a run has zero weight",
                 "the likelihood is too sharp for the twist: use more steps or particles",

@@ -10,7 +10,7 @@ Tweedie's estimate:
     psi_sigma(x) = N(y; A x0_hat(x, sigma), sigma_y^2 I + kappa r^2 A A^T),   r^2 = sigma^2 / (1 + sigma^2)
 
 for linear-Gaussian problems (the PiGDM variance; ``kappa = 0`` is the noise-free twist), and
-``p(y | x0_hat)^beta(sigma)`` with the tempering of :func:`posterior.samplers.twists.tempering` for
+``p(y | x0_hat)^beta(sigma)`` with the tempering of :func:`posterior.samplers.guidance.tempering` for
 any other operator and noise model. The weight increment
 ``log N(x'; m, v) - log N(x'; m + v g, v) + log psi_{sigma'}(x') - log psi_sigma(x)`` makes the
 weighted particles exact as ``N`` grows; the last step (``v = 0``) is ``x_0 = x0_hat`` with weight
@@ -27,8 +27,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from posterior.samplers.guidance import default_tempering_scale
+from posterior.samplers.linear_gaussian import LinearGaussianSVD
 from posterior.samplers.settings import NON_NEGATIVE, POSITIVE
-from posterior.samplers.twists import LinearGaussianSVD, TDSTwist, TwistedSampler, default_tempering_scale
+from posterior.samplers.twists import TDSTwist, TwistedSampler
 
 
 @dataclass
@@ -50,7 +52,6 @@ class TDS(TwistedSampler):
     limits = {"kappa": NON_NEGATIVE, "tempering_scale": POSITIVE}
 
     def setup(self, problem, prior):
-        try:
+        if LinearGaussianSVD.applies(problem):
             return TDSTwist(LinearGaussianSVD.of(problem, "TDS"), self.kappa, None)
-        except ValueError:
-            return TDSTwist(None, self.kappa, default_tempering_scale(problem, prior, self.tempering_scale))
+        return TDSTwist(None, self.kappa, default_tempering_scale(problem, prior, self.tempering_scale))

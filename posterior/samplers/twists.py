@@ -31,147 +31,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from operators import GaussianNoise, LinearOperator
-from operators.base import SVD
+from posterior.priors.integrators import ancestral_moments
+from posterior.samplers.guidance import pigdm_variance, tempering
+from posterior.samplers.linear_gaussian import LinearGaussianSVD
 from posterior.samplers.smc import ParticleSampler
 from posterior.utils import randn
 
 LOG_2PI = math.log(2 * math.pi)
-
-
-@dataclass
-class LinearGaussianSVD:
-    """A linear-Gaussian problem in the SVD basis of its operator.
-
-    Attributes
-    ----------
-    svd : operators.base.SVD
-    u : Tensor, shape (1 or n, r)
-        Pseudo-observations ``(U^T y)_j / s_j`` (one row per particle for a batched ``y``).
-    tau2 : Tensor, shape (r,)
-        Their noise variances ``sigma_y^2 / s_j^2``.
-    log_const : Tensor, shape (1 or n,)
-        ``log p(y | x) - sum_j log N(u_j; xbar_j, tau_j^2)``: the Jacobian ``-sum log s_j`` and the
-        part of ``y`` outside the range of ``A``.
-    """
-
-    svd: SVD
-    u: Tensor
-    tau2: Tensor
-    log_const: Tensor
-
-    @classmethod
-    def of(cls, problem, who: str) -> LinearGaussianSVD:
-        """Build it, or raise a ``ValueError`` naming ``who`` if the problem is not linear-Gaussian with one noise level."""
-        if not isinstance(problem.operator, LinearOperator) or not isinstance(problem.noise, GaussianNoise):
-            raise ValueError(
-                f"{who} needs a linear operator with Gaussian noise (it works in the operator's SVD basis); "
-                f"got {type(problem.operator).__name__} with {type(problem.noise).__name__}. "
-                "Use AFDPS or TDS for non-linear operators and other noise models."
-            )
-        sigma_y = problem.noise.sigma
-        if sigma_y.numel() > 1 and not bool((sigma_y == sigma_y.reshape(-1)[0]).all()):
-            raise ValueError(
-                f"{who} needs one noise level sigma_y for all measurements, got a per-element sigma"
-            )
-        y = problem.y
-        dtype, device = y.dtype, y.device
-        svd = problem.operator.svd()
-        s = svd.s.to(dtype=dtype, device=device)
-        sigma2 = float(sigma_y.reshape(-1)[0]) ** 2
-        ys = y.reshape(-1, *problem.operator.out_shape)
-        coeffs = svd.ut(ys)  # (1 or n, r)
-        outside = (ys.reshape(ys.shape[0], -1) ** 2).sum(1) - (coeffs**2).sum(1)
-        m, r = ys[0].numel(), s.numel()
-        log_const = (
-            -torch.log(s).sum()
-            - 0.5 * (m - r) * math.log(2 * math.pi * sigma2)
-            - outside.clamp(min=0) / (2 * sigma2)
-        )
-        return cls(svd=svd, u=coeffs / s, tau2=sigma2 / s**2, log_const=log_const)
-
-    def coords(self, x: Tensor) -> Tensor:
-        """Observed coordinates ``V^T x``: ``(n, *event_shape) -> (n, r)``."""
-        return self.svd.vt(x)
-
-    def with_coords(self, x: Tensor, coords: Tensor) -> Tensor:
-        """``x`` with its observed coordinates replaced by ``coords`` (the null-space part kept)."""
-        return x + self.svd.v(coords - self.svd.vt(x))
-
-    def log_potential(self, coords: Tensor, var: Tensor) -> Tensor:
-        """``sum_j log N(u_j; coords_j, var_j)`` over the coordinates with ``0 < var_j < inf``: ``(n,)``."""
-        active = torch.isfinite(var) & (var > 0)
-        safe = torch.where(active, var, torch.ones_like(var))
-        terms = -0.5 * (self.u - coords) ** 2 / safe - 0.5 * torch.log(2 * math.pi * safe)
-        return torch.where(active, terms, torch.zeros_like(terms)).sum(-1)
-
-    def product_move(self, m: Tensor, v: Tensor, var_next: Tensor, generator) -> tuple[Tensor, Tensor]:
-        """Draw from ``N(m, v I) x prod_j N(u_j; xbar_j, var_next_j)`` exactly (the locally optimal proposal).
-
-        Observed coordinates with ``var_next = inf`` move freely, with ``var_next = 0`` are pinned to
-        ``u_j``. Returns the new particles and ``log`` of the normaliser,
-        ``sum_j log N(u_j; mbar_j, v + var_next_j)`` over the constrained coordinates.
-        """
-        v = torch.as_tensor(v, dtype=m.dtype, device=m.device)
-        x = m + v.sqrt() * randn(m.shape, generator, m.dtype, m.device)
-        mbar = self.coords(m)
-        free = ~torch.isfinite(var_next)
-        w = torch.where(free, torch.ones_like(var_next), var_next)
-        total = v + w
-        mean = torch.where(free, mbar, (w * mbar + v * self.u) / total)
-        var = torch.where(free, v.expand_as(w), v * w / total)
-        coords = mean + var.sqrt() * randn(mean.shape, generator, m.dtype, m.device)
-        log_norm = -0.5 * (self.u - mbar) ** 2 / total - 0.5 * torch.log(2 * math.pi * total)
-        log_norm = torch.where(free, torch.zeros_like(log_norm), log_norm).sum(-1)
-        return self.with_coords(x, coords), log_norm
-
-
-def likelihood_scale(problem, x: Tensor, iters: int = 30, remedy: str = "set tempering_scale explicitly") -> float:
-    """``tau_ref = 1 / sqrt(lambda_max)``, ``lambda_max`` the largest curvature of ``-log p(y | x)`` at ``x``.
-
-    Power iteration on Hessian-vector products (double backprop; no network). For ``y = A x + sigma_y n``
-    it is ``sigma_y / ||A||_2``: the noise level below which the likelihood dominates the prior.
-    """
-    x = x.detach()
-    v = torch.randn(x.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(x)
-    curvature = 0.0
-    for _ in range(iters):
-        with torch.enable_grad():
-            xg = x.clone().requires_grad_(True)
-            (g,) = torch.autograd.grad(problem.log_likelihood(xg).sum(), xg, create_graph=True)
-            (hv,) = torch.autograd.grad((g * v).sum(), xg)
-        hv = -hv
-        curvature = float((hv * v).sum() / (v * v).sum())
-        norm = float(hv.norm())
-        if not norm > 0 or not math.isfinite(norm):
-            break
-        v = hv / norm
-    if not math.isfinite(curvature):
-        raise ValueError(
-            "the forward model or the likelihood is not finite (or not differentiable) at the prior mean; "
-            "check the operator's domain"
-        )
-    if not abs(curvature) > 0:
-        raise ValueError(f"the likelihood ({type(problem.noise).__name__}) has no curvature at the prior mean; {remedy}")
-    return 1.0 / math.sqrt(abs(curvature))
-
-
-def default_tempering_scale(problem, prior, tempering_scale: float | None, who: str | None = None) -> float:
-    """``tempering_scale`` or, if None, the likelihood's width at the prior mean (1 NFE). ``who``: a
-    sampler without a ``tempering_scale`` setting, named when the width cannot be estimated."""
-    if tempering_scale is not None:
-        return tempering_scale
-    shape = (problem.y.shape[0] if problem.batched else 1, *prior.event_shape)
-    mean = prior.denoise(problem.y.new_zeros(shape), prior.sigma_max)
-    if who is None:
-        return likelihood_scale(problem, mean)
-    remedy = f"{who} needs a likelihood with curvature (e.g. GaussianNoise or StudentTNoise), or use AFDPS or TDS with tempering_scale"
-    return likelihood_scale(problem, mean, remedy=remedy)
-
-
-def tempering(sigma: Tensor, tau_ref: float) -> Tensor:
-    """``beta(sigma) = 1 / (1 + sigma^2 / tau_ref^2)``: 1 at ``sigma = 0``, flat at large ``sigma``."""
-    return 1.0 / (1.0 + sigma**2 / tau_ref**2)
 
 
 class Twist:
@@ -271,7 +137,7 @@ class TDSTwist(Twist):
     def at_noise(self, problem, prior, x, sigma):
         def log_psi(x0_hat):
             if self.lg is not None:
-                var = self.lg.tau2 + self.kappa * sigma**2 / (1 + sigma**2)
+                var = self.lg.tau2 + self.kappa * pigdm_variance(sigma, 1.0)
                 return self.lg.log_potential(self.lg.coords(x0_hat), var) + self.lg.log_const
             return tempering(sigma, self.tau_ref) * problem.log_likelihood(x0_hat)
 
@@ -299,13 +165,6 @@ def guided_move(m: Tensor, v: Tensor, grad: Tensor, generator) -> tuple[Tensor, 
     return x, log_ratio
 
 
-def ancestral_kernel(x: Tensor, x0_hat: Tensor, sigma: Tensor, sigma_next: Tensor) -> tuple[Tensor, Tensor]:
-    """Mean and variance of the prior's ancestral (DDPM) step in VE: ``x0_hat + (s'^2/s^2)(x - x0_hat)``,
-    ``s'^2 (1 - s'^2/s^2)``; zero variance on the step to ``sigma = 0``."""
-    ratio = (sigma_next / sigma) ** 2
-    return x0_hat + ratio * (x - x0_hat), sigma_next**2 * (1 - ratio)
-
-
 class TwistedSampler(ParticleSampler):
     """A particle sampler whose particles carry a twist's evaluation: subclasses set ``self.twist`` in ``setup``.
 
@@ -319,7 +178,7 @@ class TwistedSampler(ParticleSampler):
         return cache, cache["log_psi"]
 
     def propagate(self, ctx, problem, prior, x, cache, sigma, sigma_next, generator):
-        m, v = ancestral_kernel(x, cache["x0_hat"], sigma, sigma_next)
+        m, v = ancestral_moments(x, cache["x0_hat"], sigma, sigma_next)
         x_next, log_ratio = guided_move(m, v, cache["grad"], generator)
         new = ctx.evaluate(problem, prior, x_next, sigma_next)
         return x_next, new, log_ratio + new["log_psi"] - cache["log_psi"]

@@ -8,7 +8,7 @@ from scipy import stats
 
 import operators as ops
 import posterior as post
-from posterior.samplers.dlg import draw_categorical
+from posterior.samplers.resampling import draw_categorical
 
 
 def test_sigma_draws_follow_the_exact_sigma_conditional(overlapping_problem):
@@ -18,7 +18,7 @@ def test_sigma_draws_follow_the_exact_sigma_conditional(overlapping_problem):
     prior, problem = overlapping_problem(rows=2)
     sampler = post.samplers.DenoisingLangevinGibbs(levels=30, sigma_low=0.05, sigma_high=10.0)
     grid = sampler.grid(prior, torch.float64, "cpu")
-    surrogate = post.samplers.lml.LikelihoodSurrogate.of(problem, prior, 1.0, "test")
+    surrogate = post.samplers.langevin.LikelihoodSurrogate.of(problem, prior, 1.0, "test")
     A = problem.operator.to_matrix()
     x = prior.sample(3, seed=4) + 0.3 * torch.randn(
         3, 8, generator=torch.Generator().manual_seed(5), dtype=torch.float64
@@ -70,14 +70,14 @@ def test_digits_inpainting_chains_report_rhat_and_ess():
     import arviz_stats as azs
 
     from posterior.data import digits
-    from posterior.priors import noise_classifier, pretrained
+    from posterior.priors import pretrained
 
     prior = pretrained("digits")
     operator = ops.Inpainting.box((1, 16, 16), 0, 0, 8, 16)
     noise = ops.GaussianNoise(0.05)
     y = noise.sample(operator(digits("test")[11:12]), torch.Generator().manual_seed(0))[0]
     sampler = post.samplers.DenoisingLangevinGibbs(
-        classifier=noise_classifier("digits"), burn_in=10, thin=2, init_steps=10, ode_steps=3
+        classifier="digits", burn_in=10, thin=2, init_steps=10, ode_steps=3
     )
     result = sampler.sample(
         post.InverseProblem(operator, noise, y), prior, 6, chains=4, seed=0, progress=False

@@ -8,8 +8,9 @@ import torch
 import operators as ops
 import posterior as post
 from posterior.priors import GaussianMixture
-from posterior.samplers import lml
-from posterior.samplers.lml import Preconditioner, lml_step, log_proposal, reshape_direction
+from posterior.samplers import langevin
+from posterior.samplers.langevin import Preconditioner, lml_step, log_proposal
+from posterior.samplers.lml import reshape_direction
 from posterior.utils import randn
 
 
@@ -120,7 +121,7 @@ def lml_check(name, problem, prior, monkeypatch, observed_moment_errors, noise_d
         make, isotropic = LML_VARIANTS[name]
         sampler = make()
         if isotropic:
-            monkeypatch.setattr(lml, "lml_step", isotropic_step)
+            monkeypatch.setattr(langevin, "lml_step", isotropic_step)
     result = sampler.sample(problem, prior, 1000, seed=0, progress=False)
     monkeypatch.undo()
     draws = result.flat()
@@ -190,7 +191,7 @@ def nonlinear_lml_check(name, reference, monkeypatch):
     ``(passed, max |z| of the second moments, max |error| of the sign probabilities)``."""
     kwargs = {"corrector_steps": 0} if name == "corrector-off" else {}
     if name == "unpreconditioned-noise":
-        monkeypatch.setattr(lml, "lml_step", unpreconditioned_step)
+        monkeypatch.setattr(langevin, "lml_step", unpreconditioned_step)
     result = post.samplers.LevenbergMarquardtLangevin(steps=100, **kwargs).sample(
         reference.problem, reference.prior, 256, chains=16, seed=0, progress=False
     )

@@ -56,7 +56,12 @@ BAD_SETTINGS = {  # case -> (constructor, error type, phrase of the message)
     "classifier=3": (
         lambda: S.DenoisingLangevinGibbs(classifier=3),
         TypeError,
-        "classifier must be callable",
+        "classifier must be a string or None, got 3",
+    ),
+    "classifier unknown": (
+        lambda: S.DenoisingLangevinGibbs(classifier="nope"),
+        ValueError,
+        "classifier must be a bundled prior's name",
     ),
     "residual": (lambda: S.DenoisingLangevinGibbs(sigma_posterior="residual"), ValueError, "use 'flow'"),
     "sigma_low >= sigma_high": (

@@ -11,7 +11,7 @@ import operators as ops
 import posterior as post
 from posterior.priors import Gaussian, GaussianMixture
 from posterior.samplers import twists
-from posterior.samplers.smc import ess, resample_indices
+from posterior.samplers.resampling import ess, resample_indices
 
 GUIDED_MOVE = twists.guided_move
 

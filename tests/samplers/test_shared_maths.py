@@ -1,0 +1,203 @@
+"""The maths the samplers share, each against a closed form: resampling and categorical draws, the
+ancestral bridge, Heun's order, Tweedie under the posterior, PiGDM's variance, the SVD algebra of
+linear-Gaussian problems and the Langevin preconditioner. Property-based where the property is exact."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import operators as ops
+import posterior as post
+from posterior.priors import Gaussian
+from posterior.priors.integrators import ancestral_moments, flow_velocity, heun_step
+from posterior.samplers.guidance import pigdm_variance, posterior_tweedie, tempering
+from posterior.samplers.langevin import Preconditioner
+from posterior.samplers.linear_gaussian import LinearGaussianSVD, isotropic_log_density
+from posterior.samplers.resampling import (
+    RESAMPLING,
+    draw_categorical,
+    ess,
+    inverse_cdf,
+    log_mean_exp,
+    resample_indices,
+)
+from posterior.utils import per_row
+
+SETTINGS = settings(max_examples=40, deadline=None)
+log_weights = st.integers(1, 3).flatmap(
+    lambda b: st.integers(1, 12).flatmap(
+        lambda n: st.lists(st.floats(-30, 30), min_size=b * n, max_size=b * n).map(
+            lambda v: torch.tensor(v, dtype=torch.float64).reshape(b, n)
+        )
+    )
+)
+
+
+@SETTINGS
+@given(log_weights, st.sampled_from(RESAMPLING), st.integers(0, 2**31))
+def test_resampling_keeps_the_expected_counts(log_w, scheme, seed):
+    """Every scheme returns valid ancestors; systematic keeps each particle floor or ceil of ``N W_i``
+    times, residual at least ``floor(N W_i)`` times (the properties that make them low-variance)."""
+    B, N = log_w.shape
+    idx = resample_indices(log_w, scheme, torch.Generator().manual_seed(seed))
+    assert idx.shape == (B, N) and bool(((idx >= 0) & (idx < N)).all())
+    counts = torch.zeros(B, N, dtype=torch.float64).scatter_add_(
+        1, idx, torch.ones(B, N, dtype=torch.float64)
+    )
+    expected = N * torch.softmax(log_w, -1)
+    if scheme == "systematic":
+        assert bool(
+            (counts >= torch.floor(expected - 1e-9)).all() & (counts <= torch.ceil(expected + 1e-9)).all()
+        )
+    if scheme == "residual":  # floor(N W_i) copies first, computed as the scheme does
+        assert bool((counts >= torch.floor(expected)).all())
+
+
+@SETTINGS
+@given(log_weights, st.floats(0, 1, exclude_max=True))
+def test_inverse_cdf_picks_the_interval_of_u(log_w, u):
+    probs = torch.softmax(log_w, -1)
+    i = inverse_cdf(probs, torch.full((log_w.shape[0], 1), u, dtype=torch.float64))[:, 0]
+    cdf = torch.cumsum(probs, -1)
+    below = torch.where(
+        i > 0, cdf.gather(1, (i - 1).clamp(min=0)[:, None])[:, 0], torch.zeros_like(u + cdf[:, 0])
+    )
+    assert bool((below <= u + 1e-12).all())
+    assert bool(((cdf.gather(1, i[:, None])[:, 0] > u - 1e-12) | (i == log_w.shape[1] - 1)).all())
+
+
+@SETTINGS
+@given(log_weights, st.floats(-50, 50))
+def test_ess_and_log_mean_exp(log_w, shift):
+    B, N = log_w.shape
+    assert torch.allclose(ess(log_w + shift), ess(log_w)) and bool(
+        ((ess(log_w) >= 1 - 1e-9) & (ess(log_w) <= N + 1e-9)).all()
+    )
+    assert torch.allclose(
+        ess(torch.zeros(B, N, dtype=torch.float64)), torch.full((B,), float(N), dtype=torch.float64)
+    )
+    assert torch.allclose(log_mean_exp(log_w), torch.log(torch.exp(log_w).mean(-1)))
+
+
+def test_categorical_draws_have_the_softmax_frequencies():
+    """20000 draws from 4 categories: each frequency within 4 binomial standard errors of softmax."""
+    logits = torch.tensor([[0.0, 1.0, -1.0, 2.0]], dtype=torch.float64).expand(20000, 4)
+    draws = draw_categorical(logits, torch.Generator().manual_seed(0))
+    p = torch.softmax(logits[0], -1)
+    freq = torch.bincount(draws, minlength=4).double() / 20000
+    assert bool(((freq - p).abs() <= 4 * (p * (1 - p) / 20000).sqrt()).all()), (freq, p)
+    argmax = logits.argmax(-1)  # the broken variant (an argmax instead of a draw) is rejected
+    assert not bool(
+        (
+            (torch.bincount(argmax, minlength=4).double() / 20000 - p).abs()
+            <= 4 * (p * (1 - p) / 20000).sqrt()
+        ).all()
+    )
+
+
+@SETTINGS
+@given(st.floats(0.01, 100), st.floats(0.0, 1.0, exclude_max=True), st.floats(0.01, 10))
+def test_the_ancestral_bridge_keeps_the_noised_marginal(sigma, fraction, data_std):
+    """For x0 ~ N(0, s^2) and x = x0 + sigma eps, a draw from the bridge with the true x0 has variance
+    s^2 + sigma'^2: ``r^2 sigma^2 + var = sigma'^2`` with ``r = sigma'^2 / sigma^2``."""
+    sigma_next = fraction * sigma
+    s, sn = torch.tensor(sigma, dtype=torch.float64), torch.tensor(sigma_next, dtype=torch.float64)
+    x, x0 = torch.tensor([1.0], dtype=torch.float64), torch.tensor([0.0], dtype=torch.float64)
+    mean, var = ancestral_moments(x, x0, s, sn)
+    ratio = mean / x  # the coefficient of x - x0
+    assert math.isclose(float(ratio**2 * s**2 + var + data_std**2), data_std**2 + sigma_next**2, rel_tol=1e-9)
+
+
+def test_heun_is_second_order_on_a_gaussian_flow():
+    """The probability-flow ODE of N(0, s^2) has the solution x(sigma) = x(sigma_0) sqrt((s^2 + sigma^2) /
+    (s^2 + sigma_0^2)); halving Heun's step divides its error by about 4 (Euler's by 2)."""
+    prior = Gaussian(torch.zeros(1, dtype=torch.float64), 0.49)  # variance s^2 = 0.49
+    x = torch.tensor([[2.0]], dtype=torch.float64)
+    exact = x * math.sqrt((0.49 + 0.1**2) / (0.49 + 3.0**2))
+
+    def error(steps):
+        levels = torch.linspace(3.0, 0.1, steps + 1, dtype=torch.float64)
+        z = x
+        for k in range(steps):
+            z = heun_step(flow_velocity(prior.denoise), z, levels[k], levels[k + 1])
+        return float((z - exact).abs())
+
+    assert 3.5 < error(8) / error(16) < 4.5
+
+
+@SETTINGS
+@given(st.floats(0.05, 20), st.floats(0.1, 3), st.floats(0.05, 2), st.floats(-3, 3), st.floats(-3, 3))
+def test_posterior_tweedie_is_the_exact_posterior_mean_for_a_gaussian(sigma, data_std, noise, x, y):
+    """Prior N(0, s^2), y = x0 + n: with the exact ``grad log p_sigma(y | x)`` (``y | x_sigma`` is
+    ``N(D(x), sigma_y^2 + r^2)``, ``r^2`` = :func:`pigdm_variance`), Tweedie's formula gives
+    ``E[x0 | x_sigma, y]`` of Gaussian conditioning."""
+    s2, n2, v2 = data_std**2, noise**2, sigma**2
+    shrink = s2 / (s2 + v2)  # dD/dx
+    x0_hat = torch.tensor([[shrink * x]], dtype=torch.float64)
+    r2 = float(pigdm_variance(torch.tensor(sigma, dtype=torch.float64), data_std))
+    assert math.isclose(r2, v2 * shrink, rel_tol=1e-12)  # the variance of x0 | x_sigma
+    grad = (y - x0_hat) / (n2 + r2) * shrink
+    precision = 1 / s2 + 1 / v2 + 1 / n2  # x0 | x_sigma, y
+    exact = (x / v2 + y / n2) / precision
+    assert math.isclose(
+        float(posterior_tweedie(x0_hat, grad, torch.tensor(sigma, dtype=torch.float64))),
+        exact,
+        rel_tol=1e-9,
+        abs_tol=1e-12,
+    )
+
+
+def test_tempering_and_per_row():
+    assert float(tempering(torch.tensor(0.0), 0.3)) == 1.0 and float(tempering(torch.tensor(0.3), 0.3)) == 0.5
+    assert per_row(torch.tensor(2.0), 4).shape == () and per_row(torch.arange(3.0), 4).shape == (3, 1, 1, 1)
+
+
+@SETTINGS
+@given(st.integers(1, 4), st.integers(1, 6), st.floats(0.1, 2), st.integers(0, 2**31))
+def test_the_svd_basis_gives_the_likelihood(rows, d, sigma_y, seed):
+    """``log p(y | x) = sum_j log N(u_j; (V^T x)_j, tau_j^2) + log_const`` for any linear-Gaussian problem,
+    and :func:`isotropic_log_density` is the Gaussian density."""
+    g = torch.Generator().manual_seed(seed)
+    A = ops.Matrix(torch.randn(rows, d, generator=g, dtype=torch.float64))
+    problem = post.InverseProblem(
+        A, ops.GaussianNoise(sigma_y), torch.randn(rows, generator=g, dtype=torch.float64)
+    )
+    assert LinearGaussianSVD.applies(problem)
+    lg = LinearGaussianSVD.of(problem, "test")
+    x = torch.randn(5, d, generator=g, dtype=torch.float64)
+    assert torch.allclose(lg.log_potential(lg.coords(x), lg.tau2) + lg.log_const, problem.log_likelihood(x))
+    assert torch.allclose(lg.with_coords(x, lg.coords(x)), x)
+    normal = torch.distributions.Normal(0.5, 1.5).log_prob(x).sum(1)
+    assert torch.allclose(isotropic_log_density(x, 0.5, 1.5**2), normal)
+
+
+def test_svd_basis_applies_only_to_one_noise_level():
+    A = ops.Matrix(torch.eye(2, dtype=torch.float64))
+    y = torch.zeros(2, dtype=torch.float64)
+    assert not LinearGaussianSVD.applies(
+        post.InverseProblem(A, ops.GaussianNoise(torch.tensor([0.1, 0.2])), y)
+    )
+    assert not LinearGaussianSVD.applies(post.InverseProblem(A, ops.LaplaceNoise(0.1), y))
+    with pytest.raises(ValueError, match="one noise level"):
+        LinearGaussianSVD.of(post.InverseProblem(A, ops.GaussianNoise(torch.tensor([0.1, 0.2])), y), "test")
+
+
+@SETTINGS
+@given(st.integers(2, 6), st.integers(1, 2), st.floats(0.05, 5), st.integers(0, 2**31))
+def test_the_preconditioner_is_the_inverse_of_its_dense_matrix(d, k, lam, seed):
+    """``P = (lam I + R diag(c2) R^T)^-1``: ``apply``, ``sqrt`` (``P^(1/2) P^(1/2) = P``),
+    ``quadratic_inverse`` and ``log_det_inverse`` against the dense matrix."""
+    k = min(k, d)
+    g = torch.Generator().manual_seed(seed)
+    R = torch.linalg.qr(torch.randn(d, k, generator=g, dtype=torch.float64))[0]
+    c2 = torch.rand(k, generator=g, dtype=torch.float64) * 3
+    P = Preconditioner(torch.tensor(lam, dtype=torch.float64), c2, lambda x: x @ R, lambda z: z @ R.T)
+    dense = torch.linalg.inv(lam * torch.eye(d, dtype=torch.float64) + R @ torch.diag(c2) @ R.T)
+    u = torch.randn(3, d, generator=g, dtype=torch.float64)
+    assert torch.allclose(P.apply(u), u @ dense)
+    assert torch.allclose(P.sqrt(P.sqrt(u)), P.apply(u))
+    assert torch.allclose(P.quadratic_inverse(u), ((u @ torch.linalg.inv(dense)) * u).sum(1))
+    assert torch.allclose(P.log_det_inverse(d), -torch.logdet(dense))
