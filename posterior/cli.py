@@ -465,8 +465,8 @@ def _sample(
     config: dict, group: list[int], seed: int, backend: str = "local", workers: int = 1, threads: int = 1
 ):
     """Measurements ``group`` (consecutive indices) as one task of :func:`posterior.distributed.run_many`
-    (one batched call with seed ``seed + group[0]``): their results, or the line of the error that
-    stopped it (its type and message)."""
+    (one batched call with seed ``seed + group[0]``): their results, or the error that stopped it
+    (:func:`_failure`)."""
     from posterior.distributed import run_many
 
     try:
@@ -484,14 +484,23 @@ def _sample(
             max_batch=config.get("max_batch"),
         )
     except Exception as err:
-        err = getattr(err, "cause", None) or err  # a Ray task's error: the one raised in the task
-        report = explain(err)
-        return f"{type(err).__name__}: {report[0] if report else ' '.join(str(err).split())}"
+        return _failure(err)
+
+
+def _failure(err: Exception) -> tuple[str, int]:
+    """A measurement's error as its row's line (its type and message) and exit status; an error that is
+    not the user's (a bug) is raised again, with its traceback."""
+    cause = getattr(err, "cause", None) or err  # a Ray task's error: the one raised in the task
+    report = explain(cause)
+    if report is None:
+        raise err
+    return f"{type(cause).__name__}: {report[0]}", report[1]
 
 
 def _report(config: dict, group: list[int], outcome, seed: int, directory: Path) -> list[dict]:
     """The summary's rows of measurements ``group`` from their results (a run report each in
-    ``directory/<name>/``, then ``row.json``, the row, last) or from the error line that stopped them."""
+    ``directory/<name>/``, then ``row.json``, the row, last) or from the error that stopped them; an
+    error while writing one measurement's report is that measurement's row."""
     import json
 
     from posterior import plots
@@ -511,21 +520,29 @@ def _report(config: dict, group: list[int], outcome, seed: int, directory: Path)
             "wall_time_s": None,
             "nfe": None,
             "vjp": None,
-            "error": outcome,
-            "line": f"error: {outcome}",
+            "error": "",
+            "status": 0,  # the exit status its error asks for (not in summary.csv)
+            "line": "",
         }
-        if not isinstance(outcome, str):
+        failure = outcome if isinstance(outcome, tuple) else None
+        if failure is None:
             result, folder = outcome[i], directory / many["names"][k]
             truth = None if many["truths"] is None else many["truths"][k].cpu()
-            plots.write_report(
-                result,
-                folder,
-                truth=truth,
-                problem=_problem(config, k),
-                prior=config.get("prior_name", config["prior"]),
-                seed=row["seed"],
-            )
-            found = {} if truth is None else plots.scores(result, truth)
+            try:
+                plots.write_report(
+                    result,
+                    folder,
+                    truth=truth,
+                    problem=_problem(config, k),
+                    prior=config.get("prior_name", config["prior"]),
+                    seed=row["seed"],
+                )
+                found = {} if truth is None else plots.scores(result, truth)
+            except Exception as err:
+                failure = _failure(err)
+        if failure is not None:
+            row.update(error=failure[0], status=failure[1], line=f"error: {failure[0]}")
+        else:
             verdict = result.verdict
             row.update(
                 verdict="" if verdict is None else ("ok" if verdict.ok else "failed"),
@@ -535,7 +552,6 @@ def _report(config: dict, group: list[int], outcome, seed: int, directory: Path)
                 wall_time_s=result.wall_time,
                 nfe=result.nfe,
                 vjp=result.grad_evals,
-                error="",
                 line="" if verdict is None else verdict.line,
             )
             (folder / f"{ROW}.tmp").write_text(json.dumps(row), encoding="utf-8")
@@ -617,7 +633,7 @@ def _write_summary(rows: list[dict], directory: Path, config: dict, seed: int) -
     """``summary.csv`` (one row per measurement) and ``summary.md`` in ``directory``; returns the latter."""
     import csv
 
-    columns = [c for c in rows[0] if c != "line"]
+    columns = [c for c in rows[0] if c not in ("line", "status")]
     with open(directory / "summary.csv", "w", newline="", encoding="utf-8") as file:
         writer = csv.DictWriter(file, columns, extrasaction="ignore")
         writer.writeheader()
@@ -670,7 +686,8 @@ def _write_summary(rows: list[dict], directory: Path, config: dict, seed: int) -
 def _run_many(args: argparse.Namespace, config: dict) -> None:
     """A job of many measurements: groups of ``run.batch`` consecutive measurements, one task each
     (``--workers`` local processes or Ray tasks), a report per measurement and one summary. A task's
-    error is its measurements' row; the job then ends with status 1 once everything is written."""
+    error is its measurements' row; once everything is written the job ends with the largest status
+    its errors ask for (1 for a failed run, 2 for a bad job, :func:`explain`)."""
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
@@ -714,6 +731,7 @@ def _run_many(args: argparse.Namespace, config: dict) -> None:
         print(f"{row['measurement']}: {row['line']}")
     path = _write_summary(rows, directory, config, args.seed)
     errors = [row["measurement"] for row in rows if row["error"]]
+    status = max((row.get("status", 1) for row in rows if row["error"]), default=0)
     print(f"{count - len(errors)} reports and summary.csv in {directory}; summary at {path}")
     if errors:
         print(
@@ -721,7 +739,7 @@ def _run_many(args: argparse.Namespace, config: dict) -> None:
             f"(their rows in {path})",
             file=sys.stderr,
         )
-        raise SystemExit(1)
+        raise SystemExit(status)
 
 
 def _run(args: argparse.Namespace) -> None:

@@ -50,6 +50,13 @@ class DiffusionPrior:
     has_log_prob: bool = False  # log_prob(x, sigma): the exact noised density (analytic priors)
     has_posterior: bool = False  # posterior(problem): the closed-form posterior of a linear-Gaussian problem
 
+    def __init_subclass__(cls, **kwargs):
+        """A subclass that defines ``log_prob`` or ``posterior`` has that capability unless it says otherwise."""
+        super().__init_subclass__(**kwargs)
+        for method, flag in (("log_prob", "has_log_prob"), ("posterior", "has_posterior")):
+            if method in cls.__dict__ and flag not in cls.__dict__:
+                setattr(cls, flag, True)
+
     def denoise(self, x: Tensor, sigma: float | Tensor) -> Tensor:
         """Tweedie's denoiser ``E[x0 | x_sigma = x]``.
 

@@ -281,6 +281,11 @@ class Sampler:
         )
         return result
 
+    def resources(self, prior) -> dict:
+        """What the sampler reads besides its settings (e.g. a network named by a setting), for the
+        fingerprint that checkpoints must match; none by default."""
+        return {}
+
     def build_kernel(self, problem: InverseProblem, prior, chains: int, num_samples: int, group=None) -> Kernel:
         """This sampler's :class:`~posterior.samplers.kernel.Kernel` for one problem (checks the problem
         and precomputes what does not change between steps). ``prior`` counts NFE; ``y`` holds one row
@@ -291,6 +296,8 @@ class Sampler:
     def drive(kernel: Kernel, generator: torch.Generator, loop: Loop) -> tuple[Tensor, dict]:
         """Run ``kernel`` from its initial state (or the checkpoint ``loop`` resumes) to its end: each
         state goes to ``loop`` (NaN guard, callback, checkpoints, progress); returns ``kernel.finish``."""
+        if not kernel.checkpoints and (loop.checkpoint is not None or loop.resume_from is not None):
+            raise ValueError(f"{loop.name} draws in one step: there is nothing to checkpoint or resume")
 
         def initial() -> dict:
             try:

@@ -2,7 +2,8 @@
 
 For a :class:`~posterior.priors.GaussianMixture` (or ``Gaussian``) prior and ``y = A x + noise`` with
 Gaussian noise, ``prior.posterior(problem)`` is a Gaussian mixture in closed form; this sampler draws
-from it exactly, one problem per chain when ``y`` is batched. It is what every other sampler is
+from it exactly, one problem per chain (or per draw) when ``y`` is batched. It takes no steps, so there
+is nothing to checkpoint or resume. It is what every other sampler is
 graded against (``benchmarks/gmm.py``, ``posterior.diagnostics.calibrate``). Cost: no NFE.
 """
 
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from posterior.problem import InverseProblem
-from posterior.samplers.base import Sampler, one_y_per_chain
+from posterior.samplers.base import Sampler
 from posterior.samplers.kernel import Kernel
 
 
@@ -23,16 +24,9 @@ class ExactPosterior(Sampler):
 
     kind = "samples"
 
-    def sample(self, problem, prior, num_samples, *, checkpoint=None, resume=None, **options):
-        """:meth:`Sampler.sample` without ``checkpoint`` and ``resume``: the draws take no steps."""
-        if checkpoint is not None or resume is not None:
-            raise ValueError("ExactPosterior draws in one step: there is nothing to checkpoint or resume")
-        return super().sample(problem, prior, num_samples, **options)
-
     def build_kernel(self, problem, prior, chains, num_samples, group=None):
         if not prior.has_posterior:
             raise ValueError("ExactPosterior needs an analytic prior (GaussianMixture or Gaussian)")
-        problem = one_y_per_chain(problem, chains, num_samples, "ExactPosterior")
         return ExactKernel(self, problem, prior, chains, num_samples)
 
     def draw(self, exact, n: int, generator):
@@ -47,7 +41,7 @@ class ExactState:
 
 @dataclass
 class ExactKernel(Kernel):
-    """Exact draws for one problem (``y`` one per chain when batched); no steps."""
+    """Exact draws for one problem (``y`` one per draw when batched); no steps."""
 
     settings: ExactPosterior
     problem: InverseProblem
@@ -57,6 +51,7 @@ class ExactKernel(Kernel):
 
     State = ExactState
     steps = 0
+    checkpoints = False
 
     def init(self, generator):
         return ExactState()
@@ -65,5 +60,10 @@ class ExactKernel(Kernel):
         problem, prior, draw = self.problem, self.prior, self.settings.draw
         if not problem.batched:
             return draw(prior.posterior(problem), self.chains * self.num_samples, generator), {}
-        problems = [InverseProblem(problem.operator, problem.noise, y) for y in problem.y]
-        return torch.cat([draw(prior.posterior(p), self.num_samples, generator) for p in problems]), {}
+        per_chain = problem.y.reshape(self.chains, self.num_samples, *problem.y.shape[1:])
+        if bool((per_chain == per_chain[:, :1]).all()):  # one measurement per chain
+            ys, size = per_chain[:, 0], self.num_samples
+        else:  # one per draw
+            ys, size = problem.y, 1
+        problems = [InverseProblem(problem.operator, problem.noise, y) for y in ys]
+        return torch.cat([draw(prior.posterior(p), size, generator) for p in problems]), {}

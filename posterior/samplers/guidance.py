@@ -54,9 +54,12 @@ def tweedie_guidance(
     return x0_hat, grad
 
 
-def posterior_tweedie(x0_hat: Tensor, grad: Tensor, sigma: float | Tensor) -> Tensor:
-    """Tweedie's estimate under the posterior, ``x0_hat + sigma^2 grad`` (``sigma`` a number or one per row)."""
-    return x0_hat + per_row(torch.as_tensor(sigma), x0_hat.dim()) ** 2 * grad
+def posterior_tweedie(
+    x0_hat: Tensor, grad: Tensor, sigma: float | Tensor, scale: float | Tensor = 1.0
+) -> Tensor:
+    """Tweedie's estimate under the posterior, ``x0_hat + sigma^2 scale grad`` (``sigma`` a number or one
+    per row; ``scale`` a step size, 1 for the plain formula, or a tensor broadcastable to ``grad``)."""
+    return x0_hat + per_row(torch.as_tensor(sigma), x0_hat.dim()) ** 2 * scale * grad
 
 
 def pigdm_variance(sigma: Tensor, sigma_data: float) -> Tensor:

@@ -186,7 +186,7 @@ class JointKernel(Kernel):
     def step(self, state, i, generator):
         sigma, sigma_next = self.sigmas[i], self.sigmas[i + 1]
         x0_hat, grad = self.guide(state.x, sigma)
-        x0_post = posterior_tweedie(x0_hat, self.scale * grad, sigma)
+        x0_post = posterior_tweedie(x0_hat, grad, sigma, self.scale)
         x = ancestral_step(state.x, x0_post, sigma, sigma_next, generator)
         return JointState(x), Info(sigma, check=(x,), view={"x": x, "x0_hat": x0_hat})
 

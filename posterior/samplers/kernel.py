@@ -70,6 +70,7 @@ class Kernel:
 
     State: ClassVar[type]
     steps: int
+    checkpoints: ClassVar[bool] = True  # False: a kernel without steps, nothing to checkpoint or resume
 
     def init(self, generator: torch.Generator):
         """The state before the first step."""

@@ -107,13 +107,13 @@ class Loop:
 
     # -- the sampler's side ------------------------------------------------------------------------
     def resume(
-        self, initial: Callable[[], dict], total: int, shown: Callable[[int, dict], int] | None = None
+        self, initial: Callable[[], dict], total: int, shown: Callable[[int, dict], int]
     ) -> tuple[int, dict]:
         """The step to start from and the loop state: ``(0, initial())``, or the checkpoint's.
 
         ``initial`` is only called for a fresh run (it may spend NFE and random draws). ``total`` is
         the number of steps the progress bar shows, and ``shown(start, state)`` how many of them are
-        done (default ``start``; samplers with sub-steps count differently).
+        done (samplers with sub-steps count differently).
         """
         if self.resume_from is None:
             start, state = 0, initial()
@@ -123,7 +123,7 @@ class Loop:
         if self.progress and total > 0:  # a sampler without steps (exact draws) shows none
             from tqdm import tqdm  # the plain bar: one text line, also in Jupyter (no widget)
 
-            done = start if shown is None else shown(start, state)
+            done = shown(start, state)
             desc = self.progress if isinstance(self.progress, str) else self.name  # e.g. "AFDPS (1 of 2)"
             self.bar = tqdm(total=total, initial=done, desc=desc, leave=True, dynamic_ncols=True)
         return start, state
@@ -135,7 +135,7 @@ class Loop:
         state: dict,
         *,
         check: Sequence[Tensor] = (),
-        view: dict | None = None,
+        view: dict | Callable[[], dict] | None = None,
         advance: bool = True,
     ) -> None:
         """Step ``step`` (0-based) ended at noise level ``sigma`` with ``state``.
@@ -273,7 +273,8 @@ def read_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict:
 def fingerprint(sampler, problem, prior, num_samples: int, chains: int, seed: str) -> dict:
     """What identifies a run, field by field, in the order a mismatch is reported: the sampler and its
     full configuration, the sizes, the seed (:func:`seed_name`), dtype and device, then digests of the
-    operator, the noise model, the prior (their tensors, numbers and types, see :func:`digest`) and ``y``."""
+    operator, the noise model, the prior, the sampler's :meth:`~posterior.samplers.base.Sampler.resources`
+    (their tensors, numbers and types, see :func:`digest`) and ``y``."""
     config = {k: v if _plain(v) else digest(v) for k, v in vars(sampler).items()}
     return {
         "sampler": type(sampler).__name__,
@@ -286,6 +287,7 @@ def fingerprint(sampler, problem, prior, num_samples: int, chains: int, seed: st
         "operator": digest(problem.operator),
         "noise": digest(problem.noise),
         "prior": digest(prior),
+        "resources": digest(sampler.resources(prior)),
         "y": digest(problem.y),
     }
 
@@ -303,7 +305,7 @@ def mismatch(saved: dict, current: dict) -> str | None:
             for key in new:
                 if isinstance(old, dict) and old.get(key) != new[key]:
                     return f"its setting {key} is {old.get(key)!r}, this run's is {new[key]!r}"
-        if field in ("operator", "noise", "prior", "y", "config") or field not in saved:
+        if field in ("operator", "noise", "prior", "resources", "y", "config") or field not in saved:
             return f"its {field} differs from this run's"
         return f"its {field} is {saved[field]}, this run's is {value}"
     return None

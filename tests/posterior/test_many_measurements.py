@@ -144,6 +144,38 @@ def test_a_failed_measurement_is_an_error_row_and_the_others_run(eight, tmp_path
         assert torch.equal(samples(out / f"scan{k}"), samples(eight / f"scan{k}"))
 
 
+def test_a_report_that_cannot_be_written_is_an_error_row(eight, tmp_path, cli_outcome, monkeypatch):
+    """Writing scan1's report fails (a full disk, say): scan1 gets an error row, scan0 and scan2 their
+    reports, and the command exits after the summary with the status of that error as a single run's
+    (2: a file that cannot be written); a bug in the same place keeps its traceback."""
+    from posterior import plots
+
+    write_report = plots.write_report
+
+    def full_disk_at_scan1(result, folder, **kwargs):
+        if Path(folder).name == "scan1":
+            raise OSError(28, "No space left on device", str(folder / "report.md"))
+        return write_report(result, folder, **kwargs)
+
+    monkeypatch.setattr(plots, "write_report", full_disk_at_scan1)
+    out = tmp_path / "out"
+    code, lines = cli_outcome(["run", str(make_job(tmp_path / "job", 3)), "--out", str(out), "--no-progress"])
+    assert code == 2 and "stopped with an error: scan1" in lines[0], lines
+    rows = summary(out)
+    assert [row["verdict"] for row in rows] == ["ok", "error", "ok"]
+    assert rows[1]["error"].startswith("OSError:") and "No space left on device" in rows[1]["error"]
+    assert (out / "scan2" / "report.md").exists() and not (out / "scan1" / "row.json").exists()
+
+    def bug(result, folder, **kwargs):
+        raise AttributeError("a bug")
+
+    monkeypatch.setattr(plots, "write_report", bug)
+    with pytest.raises(AttributeError, match="a bug"):
+        cli.main(
+            ["run", str(make_job(tmp_path / "again", 1)), "--out", str(tmp_path / "out2"), "--no-progress"]
+        )
+
+
 def test_resume_runs_only_the_measurements_without_a_complete_report(eight, tmp_path, cli_outcome):
     """An interrupted job (scan5's folder emptied, its row.json gone) continued by --resume: scan5 runs
     again with its seed (the draws of the first run, bit for bit), the others are read back untouched."""

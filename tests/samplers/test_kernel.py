@@ -92,3 +92,40 @@ def test_a_divergence_stops_the_run_with_the_last_good_state(tmp_path):
     assert saved["step"] == 3 and torch.equal(
         saved["state"]["x"], torch.full((2, 2), 3.0, dtype=torch.float64)
     )
+
+
+def test_exact_draws_follow_one_measurement_per_draw():
+    """A batched ``y`` with one measurement per draw gets each draw from its own exact posterior; with
+    one per chain, each chain's draws share theirs (the earlier code used each chain's first ``y`` for
+    all its draws, which this rejects)."""
+    prior, inverse = problem()
+    ys = torch.tensor([[-30.0], [30.0], [-30.0], [30.0]], dtype=torch.float64)
+    per_draw = post.InverseProblem(inverse.operator, inverse.noise, ys)
+    draws = post.samplers.ExactPosterior().sample(per_draw, prior, 2, chains=2, seed=0, progress=False).flat()
+    means = torch.stack(
+        [prior.posterior(post.InverseProblem(inverse.operator, inverse.noise, y)).mean() for y in ys]
+    )
+    # each draw lies on the side of its own measurement: A x has the sign of y
+    assert torch.equal(torch.sign(inverse.operator(draws)), torch.sign(ys)) and torch.equal(
+        torch.sign(means @ torch.tensor([0.6, 0.8], dtype=torch.float64))[:, None], torch.sign(ys)
+    )
+    with pytest.raises(ValueError, match="nothing to checkpoint or resume"):
+        post.samplers.ExactPosterior().sample(per_draw, prior, 2, chains=2, checkpoint="unused.pt")
+
+
+def test_a_prior_with_its_own_log_prob_has_the_capability():
+    """A user's prior subclass that defines ``log_prob`` or ``posterior`` is seen as having them, unless it
+    says otherwise; the base class has neither."""
+
+    class WithDensity(post.priors.DiffusionPrior):
+        def log_prob(self, x, sigma=0.0):
+            return x.sum(1)
+
+    class Declines(WithDensity):
+        has_log_prob = False
+
+        def log_prob(self, x, sigma=0.0):
+            return x.sum(1)
+
+    assert WithDensity.has_log_prob and not WithDensity.has_posterior
+    assert not Declines.has_log_prob and not post.priors.DiffusionPrior.has_log_prob
