@@ -14,9 +14,35 @@ Usage::
     python benchmarks/gmm.py oracle dps dps-likelihood --steps 20 100 --num-samples 1000
     python benchmarks/gmm.py dps --quick          # a small subset
     python benchmarks/gmm.py afdps mcgdiff tds --steps 100 --particles 16 256 4096 --num-samples 2048
+    python benchmarks/gmm.py afdps tds mcgdiff --grid --instances 3 --steps 100 --particles 2000
+    python benchmarks/gmm.py afdps tds mcgdiff --grid --dims 8 --rows 1 2 4   # a quick subset
 
 ``oracle`` runs the exact posterior's denoiser through the same ancestral steps: the error that the
 time discretisation alone leaves, a reference for every sampler at equal NFE.
+
+``--grid``: the mixture protocol of MCGdiff (Cardoso et al. 2023, as their released experiment sets it
+up), every sampler on every cell ``d`` in ``--dims`` (8, 80, 800) times ``d_y`` in ``--rows`` (1, 2, 4),
+``--instances`` random problems per cell. An instance: the prior is ``GaussianMixture.grid(d,
+seed=instance)`` (25 unit-covariance modes whose means tile a 5 x 5 grid of spacing 8 over the
+coordinates, with random weights); the operator is a ``d_y x d`` matrix whose singular vectors are those
+of a standard-normal matrix and whose singular values are replaced by ``d_y`` Uniform(0, 1) draws in
+decreasing order, so that some measured directions are barely informative; ``y = A x* + sigma_y n`` for
+a prior draw ``x*``. Everything is drawn in float64 from one seed per (d, d_y, instance). The noise
+level is fixed across instances (``--sigma-y``, 0.5 by default, of the order of the typical singular
+value, so that weakly measured directions stay uncertain; 0.1 sharpens the likelihood, a harder test
+of the mode weights). The
+exact posterior and evidence come in closed form (``prior.posterior``, ``prior.log_evidence``).
+
+A call is what a user gets by default: ``sampler.sample(problem, prior, N, chains=1)`` with ``N =
+--particles``. Its weighted particles are resampled (systematic, ``PosteriorSamples.resampled``) to
+``N`` equally weighted draws, compared with ``N`` exact draws by sliced Wasserstein and divided by the
+floor (the same distance between two exact sets of size ``N``); the mode TV uses the weighted
+particles. The evidence check makes ``--runs R`` further independent runs (one ``chains=R`` call),
+pools their estimates ``log Z_r = trace["log_evidence"][-1]`` as ``log mean_r exp(log Z_r)`` with the
+standard error of that log-mean-exp from the spread over runs (delta method: the standard error of
+the mean of ``Z_r / max Z`` divided by that mean), and reports ``z = (pooled - log p(y)) / s.e.``.
+Per sampler: the worst and median ``SW/floor`` over all cells and instances. The JSON (``--out``) is
+rewritten after every call, so a long run can be inspected while it goes.
 
 Prints a table and writes JSON (``--out``) with the command line that produced it; the JSON behind
 the tables of ``docs/benchmarks.md`` lives in ``docs/results/`` (``benchmarks/render_docs.py``). Never
@@ -26,11 +52,15 @@ asserts on time.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import itertools
+import math
 import shlex
+import statistics
 import sys
 import time
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -38,6 +68,7 @@ import torch
 import operators as ops
 import posterior as post
 from posterior import metrics
+from posterior.diagnostics import ConvergenceWarning
 from posterior.priors import GaussianMixture
 from posterior.utils import write_json
 
@@ -68,10 +99,13 @@ SAMPLERS = {
     "dlg": lambda steps: post.samplers.DenoisingLangevinGibbs(burn_in=steps),
     "afdps": lambda steps: post.samplers.AFDPS(steps=steps),
     "afdps-noisy": lambda steps: post.samplers.AFDPS(steps=steps, twist="noisy"),
+    "afdps-x0u": lambda steps: post.samplers.AFDPS(steps=steps, x0_uncertainty=True),
     "tds": lambda steps: post.samplers.TDS(steps=steps),
+    "tds-x0u": lambda steps: post.samplers.TDS(steps=steps, x0_uncertainty=True),
     "mcgdiff": lambda steps: post.samplers.MCGdiff(steps=steps),
+    "mcgdiff-x0u": lambda steps: post.samplers.MCGdiff(steps=steps, x0_uncertainty=True),
 }
-PARTICLE_SAMPLERS = {"afdps", "afdps-noisy", "tds", "mcgdiff"}
+PARTICLE_SAMPLERS = {"afdps", "afdps-noisy", "afdps-x0u", "tds", "tds-x0u", "mcgdiff", "mcgdiff-x0u"}
 DRAWS_PER_CHAIN = {"dlg": 10}  # MCMC samplers: num_samples / this many chains
 
 
@@ -201,26 +235,271 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# -- the MCGdiff mixture protocol (--grid) -------------------------------------------------------
+GRID_DIMS = (8, 80, 800)
+GRID_ROWS = (1, 2, 4)
+
+
+def grid_seed(dim: int, rows: int, instance: int) -> int:
+    """The seed of one instance of cell ``(dim, rows)``: distinct over cells and instances (< 1000)."""
+    return (1000 * dim + rows) * 1000 + instance
+
+
+@dataclass
+class GridProblem:
+    """One instance of the mixture protocol, with the exact posterior and what is cached per problem:
+    exact draws by ``(size, seed)`` and sliced-Wasserstein floors by size."""
+
+    dim: int
+    rows: int
+    instance: int
+    seed: int
+    prior: GaussianMixture
+    problem: post.InverseProblem
+    exact: GaussianMixture
+    log_evidence: float
+    setup_time: float
+    draws: dict = field(default_factory=dict)
+    floors: dict = field(default_factory=dict)
+
+    def exact_draws(self, n: int, seed: int) -> torch.Tensor:
+        if (n, seed) not in self.draws:
+            self.draws[n, seed] = self.exact.sample(n, seed=seed)
+        return self.draws[n, seed]
+
+    def floor(self, n: int) -> float:
+        if n not in self.floors:
+            self.floors[n] = metrics.floor(metrics.sliced_wasserstein, self.exact_draws, n, n)
+        return self.floors[n]
+
+
+def make_grid_problem(dim: int, rows: int, sigma_y: float, instance: int) -> GridProblem:
+    """Instance ``instance`` of cell ``(dim, rows)`` (see the module docstring): the prior from the
+    instance index, the operator, ``x*`` and the noise from ``grid_seed``, all in float64."""
+    start = time.perf_counter()
+    seed = grid_seed(dim, rows, instance)
+    prior = GaussianMixture.grid(dim, seed=instance)
+    f64 = torch.float64
+    g = torch.Generator().manual_seed(seed)
+    U, _, Vh = torch.linalg.svd(torch.randn(rows, dim, generator=g, dtype=f64), full_matrices=False)
+    s = torch.sort(torch.rand(rows, generator=g, dtype=f64), descending=True).values
+    A = ops.Matrix((U * s) @ Vh)
+    noise = ops.GaussianNoise(sigma_y)
+    x_true = prior.sample(1, seed=g)
+    y = noise.sample(A(x_true), g)[0]
+    problem = post.InverseProblem(A, noise, y)
+    exact = prior.posterior(problem)
+    log_evidence = float(prior.log_evidence(problem))
+    return GridProblem(
+        dim, rows, instance, seed, prior, problem, exact, log_evidence, time.perf_counter() - start
+    )
+
+
+def pooled_log_evidence(log_z: torch.Tensor) -> tuple[float, float]:
+    """``log mean_r exp(log_z_r)`` over independent runs and its standard error (delta method: the
+    standard error of the mean of ``Z_r`` over that mean; NaN for fewer than 2 runs)."""
+    log_z = log_z.double().reshape(-1)
+    top = log_z.max()
+    z = torch.exp(log_z - top)
+    mean = z.mean()
+    pooled = float(top + torch.log(mean))
+    se = float(z.std() / math.sqrt(z.numel()) / mean) if z.numel() > 1 else float("nan")
+    return pooled, se
+
+
+def evaluate_grid(gp: GridProblem, sampler_name: str, steps: int, particles: int, runs: int) -> dict:
+    """One call ``sample(problem, prior, particles, chains=1)`` graded against the exact posterior,
+    then (particle samplers, ``runs`` > 0) one ``chains=runs`` call for the log-evidence check."""
+    sampler = SAMPLERS[sampler_name](steps)
+    is_particle = sampler_name in PARTICLE_SAMPLERS
+    seed = gp.seed
+    if is_particle:
+        result = sampler.sample(gp.problem, gp.prior, particles, chains=1, seed=seed, progress=False)
+        draws = result.resampled(seed=0).flat()
+        weighted, weights = result.flat(), result.weights()
+    else:
+        per_chain = DRAWS_PER_CHAIN.get(sampler_name, particles)
+        result = sampler.sample(
+            gp.problem, gp.prior, per_chain, chains=-(-particles // per_chain), seed=seed, progress=False
+        )
+        draws = weighted = result.flat()[:particles]
+        weights = None
+    start = time.perf_counter()
+    n = draws.shape[0]
+    floor = gp.floor(n)
+    finite = bool(torch.isfinite(draws).all())
+    sw = metrics.sliced_wasserstein(draws, gp.exact_draws(n, 999)) if finite else float("inf")
+    row = {
+        "dim": gp.dim,
+        "rows": gp.rows,
+        "instance": gp.instance,
+        "seed": gp.seed,
+        "sampler": sampler_name,
+        "steps": steps,
+        "particles": particles,
+        "nfe": result.nfe,
+        "vjp": result.grad_evals,
+        "sw": sw,
+        "floor": floor,
+        "sw_over_floor": sw / floor if finite else float("inf"),
+        "mode_tv": metrics.mode_weight_tv(weighted, gp.exact, weights=weights) if finite else float("nan"),
+        "mean_err": metrics.mean_error(draws, gp.exact.mean()) if finite else float("nan"),
+        "wall_time": result.wall_time,
+        "log_evidence_exact": gp.log_evidence,
+    }
+    row["metric_time"] = time.perf_counter() - start
+    if is_particle and "log_evidence" in result.trace:
+        row["log_evidence"] = float(result.trace["log_evidence"][-1].reshape(-1)[0])
+    if is_particle and runs > 0:
+        with warnings.catch_warnings():  # the runs' disagreement is what the z-score measures
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            extra = sampler.sample(
+                gp.problem, gp.prior, particles, chains=runs, seed=seed + 500, progress=False
+            )
+        log_z = extra.trace["log_evidence"][-1].double().reshape(-1)
+        pooled, se = pooled_log_evidence(log_z)
+        error = pooled - gp.log_evidence
+        row |= {
+            "runs": runs,
+            "log_evidence_runs": [float(v) for v in log_z],
+            "log_evidence_pooled": pooled,
+            "log_evidence_se": se,
+            "log_evidence_error": error,
+            "log_evidence_z": error / se if se > 0 else float("nan"),
+            "runs_wall_time": extra.wall_time,
+        }
+    return row
+
+
+def grid_summary(rows: list[dict]) -> dict:
+    """Per sampler: worst and median SW/floor over all cells and instances, mode TV, z-scores, cost."""
+    out = {}
+    for name in dict.fromkeys(r["sampler"] for r in rows):
+        mine = [r for r in rows if r["sampler"] == name]
+        ratios = [r["sw_over_floor"] for r in mine]
+        z = [abs(r["log_evidence_z"]) for r in mine if math.isfinite(r.get("log_evidence_z", math.nan))]
+        errors = [abs(r["log_evidence_error"]) for r in mine if "log_evidence_error" in r]
+        out[name] = {
+            "calls": len(mine),
+            "worst_sw_over_floor": max(ratios),
+            "median_sw_over_floor": statistics.median(ratios),
+            "worst_mode_tv": max(r["mode_tv"] for r in mine),
+            "median_mode_tv": statistics.median(r["mode_tv"] for r in mine),
+            "largest_abs_z": max(z) if z else None,
+            "median_abs_z": statistics.median(z) if z else None,
+            "median_abs_log_evidence_error": statistics.median(errors) if errors else None,
+            "nfe": sorted({r["nfe"] for r in mine}),
+            "vjp": sorted({r["vjp"] for r in mine}),
+            "mean_wall_time": statistics.fmean(r["wall_time"] for r in mine),
+        }
+    return out
+
+
+def markdown_grid(data: dict) -> str:
+    """The tables of ``benchmarks/render_docs.py`` (table ``gmm-grid``), from the same renderer."""
+    spec = importlib.util.spec_from_file_location("render_docs", Path(__file__).with_name("render_docs.py"))
+    render_docs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(render_docs)
+    return "\n".join(render_docs.gmm_grid(data))
+
+
+def run_grid(args: argparse.Namespace, command: str) -> list[dict]:
+    if len(args.steps) != 1 or len(args.particles) != 1:
+        raise SystemExit("--grid takes one --steps and one --particles value")
+    steps, particles = args.steps[0], args.particles[0]
+    start = time.perf_counter()
+    rows: list[dict] = []
+    data = {"command": command, "args": {k: str(v) for k, v in vars(args).items()}, "complete": False}
+    calls = len(args.dims) * len(args.rows) * args.instances * len(args.samplers)
+    print(
+        f"grid: d {args.dims} x d_y {args.rows} x {args.instances} instances x {len(args.samplers)} samplers "
+        f"= {calls} calls; {steps} steps, {particles} particles, {args.runs} evidence runs, "
+        f"sigma_y {args.sigma_y}",
+        flush=True,
+    )
+    for dim, num_rows, instance in itertools.product(args.dims, args.rows, range(args.instances)):
+        gp = make_grid_problem(dim, num_rows, args.sigma_y, instance)
+        t = time.perf_counter()
+        gp.floor(particles)
+        print(
+            f"d={dim} d_y={num_rows} instance {instance}: exact posterior {gp.setup_time:.1f} s, "
+            f"floor {time.perf_counter() - t:.1f} s, log p(y) {gp.log_evidence:.3f}",
+            flush=True,
+        )
+        for name in args.samplers:
+            r = evaluate_grid(gp, name, steps, particles, args.runs)
+            rows.append(r)
+            z = r.get("log_evidence_z")
+            evidence = (
+                f"log Z {r['log_evidence_pooled']:.3f} +- {r['log_evidence_se']:.3f} (z {z:+.2f})"
+                if z is not None
+                else ""
+            )
+            print(
+                f"  [{len(rows)}/{calls}] {name:<8} SW/floor {r['sw_over_floor']:6.2f}  mode TV "
+                f"{r['mode_tv']:.3f}  NFE {r['nfe']} VJP {r['vjp']}  {r['wall_time']:.1f} s "
+                f"(+{r.get('runs_wall_time', 0.0):.1f} s runs, {r['metric_time']:.1f} s metrics)  {evidence}",
+                flush=True,
+            )
+            data |= {"rows": rows, "summary": grid_summary(rows), "seconds": time.perf_counter() - start}
+            write_json(args.out, data)
+    data["complete"] = True
+    write_json(args.out, data)
+    print("\n" + markdown_grid(data))
+    print(f"\n{len(rows)} calls in {time.perf_counter() - start:.0f} s; JSON written to {args.out}")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("samplers", nargs="+", choices=sorted(SAMPLERS))
-    parser.add_argument("--steps", type=int, nargs="+", default=[20, 100, 1000])
+    parser.add_argument(
+        "--steps", type=int, nargs="+", default=None, help="default 20 100 1000 (--grid: 100)"
+    )
     parser.add_argument("--num-samples", type=int, default=1000)
     parser.add_argument(
-        "--particles", type=int, nargs="+", default=[1024], help="particles per SMC run (particle samplers)"
+        "--particles",
+        type=int,
+        nargs="+",
+        default=None,
+        help="particles per SMC run (particle samplers); default 1024 (--grid: 2000, also the draws of "
+        "the other samplers)",
     )
     parser.add_argument(
-        "--runs", type=int, default=None, help="independent SMC runs (default: num_samples / particles)"
+        "--runs",
+        type=int,
+        default=None,
+        help="independent SMC runs (default: num_samples / particles; --grid: the extra runs of the "
+        "log-evidence check, default 4, 0 skips it)",
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--sigma-y", type=float, default=0.5)
     parser.add_argument("--quick", action="store_true", help="small problems only")
     parser.add_argument("--only", nargs="+", default=None, help="problems whose name contains one of these")
+    parser.add_argument("--grid", action="store_true", help="the MCGdiff mixture protocol (module docstring)")
+    parser.add_argument("--dims", type=int, nargs="+", default=list(GRID_DIMS), help="--grid: dimensions d")
+    parser.add_argument(
+        "--rows", type=int, nargs="+", default=list(GRID_ROWS), help="--grid: measurements d_y"
+    )
+    parser.add_argument("--instances", type=int, default=3, help="--grid: random problems per cell")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/gmm.json"))
+    parser.add_argument(
+        "--out", type=Path, default=None, help="default benchmarks/results/gmm.json (--grid: gmm_grid.json)"
+    )
     parser.add_argument("--markdown", action="store_true", help="also print a Markdown table")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.steps is None:
+        args.steps = [100] if args.grid else [20, 100, 1000]
+    if args.particles is None:
+        args.particles = [2000] if args.grid else [1024]
+    if args.out is None:
+        args.out = Path("benchmarks/results") / ("gmm_grid.json" if args.grid else "gmm.json")
+    command = shlex.join(["python", "benchmarks/gmm.py", *(sys.argv[1:] if argv is None else argv)])
+    if args.grid:
+        if args.runs is None:
+            args.runs = 4
+        return run_grid(args, command)
 
     start = time.perf_counter()
     rows = []
@@ -244,7 +523,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     f"{r['mode_tv']:>8.3f} {r['mean_err']:>9.3f} {r['wall_time']:>7.2f}",
                     flush=True,
                 )
-    command = shlex.join(["python", "benchmarks/gmm.py", *(sys.argv[1:] if argv is None else argv)])
     write_json(
         args.out, {"command": command, "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}
     )

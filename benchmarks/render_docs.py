@@ -294,11 +294,74 @@ def dehazing_paired(data: dict) -> list[str]:
     return markdown(["joint minus", "gCNR cyst", "gCNR ventricle", "PSNR B-mode dB", "PSNR RF dB"], lines)
 
 
+def gmm_grid(data: dict) -> list[str]:
+    """``benchmarks/gmm.py --grid``: per sampler the worst and median SW/floor over every cell and
+    instance, the mode TV, the log-evidence error (pooled estimate minus exact) and largest z-score,
+    and the cost of one call; then per cell (d, d_y) and sampler the values of each instance."""
+    rows = data["rows"]
+
+    def number(value, form: str) -> str:
+        return "-" if value is None or value != value else format(value, form)
+
+    summary = [
+        [
+            name,
+            str(s["calls"]),
+            f"{s['worst_sw_over_floor']:.2f}",
+            f"{s['median_sw_over_floor']:.2f}",
+            f"{s['median_mode_tv']:.3f}",
+            number(s.get("median_abs_log_evidence_error"), ".2f"),
+            number(s["largest_abs_z"], ".1f"),
+            " / ".join(map(str, s["nfe"])) + " (" + " / ".join(map(str, s["vjp"])) + ")",
+            f"{s['mean_wall_time']:.1f} s",
+        ]
+        for name, s in data["summary"].items()
+    ]
+    lines = markdown(
+        [
+            "sampler",
+            "calls",
+            "worst SW/floor",
+            "median SW/floor",
+            "median mode TV",
+            "median abs log Z error",
+            "largest abs z",
+            "NFE (VJP) per particle",
+            "s per call",
+        ],
+        summary,
+    )
+    cells = list(dict.fromkeys((r["dim"], r["rows"], r["sampler"]) for r in rows))
+    per_cell = []
+    for dim, num_rows, name in cells:
+        mine = sorted(
+            (r for r in rows if (r["dim"], r["rows"], r["sampler"]) == (dim, num_rows, name)),
+            key=lambda r: r["instance"],
+        )
+        per_cell.append(
+            [
+                str(dim),
+                str(num_rows),
+                name,
+                " / ".join(f"{r['sw_over_floor']:.2f}" for r in mine),
+                " / ".join(f"{r['mode_tv']:.2f}" for r in mine),
+                " / ".join(
+                    f"{number(r.get('log_evidence_error'), '+.2f')} ({number(r.get('log_evidence_z'), '+.1f')})"
+                    for r in mine
+                ),
+                f"{sum(r['wall_time'] for r in mine) / len(mine):.1f} s",
+            ]
+        )
+    header = ["d", "d_y", "sampler", "SW/floor per instance", "mode TV", "log Z error (z)", "s per call"]
+    return [*lines, "", *markdown(header, per_cell)]
+
+
 TABLES = {  # name -> (JSON files under docs/results, renderer of their rows pooled)
     "gmm-baselines": (("gmm-baselines",), lambda data: gmm(data, "steps")),
     "gmm-large": (("gmm-large",), lambda data: gmm(data, "steps")),
     "smc-particles": (("smc-particles",), lambda data: gmm(data, "particles")),
     "smc-budget": (("smc-budget",), lambda data: gmm(data, "particles")),
+    "gmm-grid": (("gmm-grid",), gmm_grid),
     "mcmc": (("mcmc",), lambda data: gmm(data, "steps")),
     "mcmc-digits": (("mcmc-digits",), mcmc_digits),
     "calibration-separated": (("calibration-separated",), calibration),

@@ -16,6 +16,15 @@ omitted for diagonal and isotropic covariances), so ``C_i`` at any ``sigma``, ev
 costs no new factorisation: its eigenvalues are ``lambda_i + sigma^2`` with the same ``Q_i``.
 Full covariances are decomposed lazily, on first use. No explicit inverse is formed.
 
+Cost. For isotropic and diagonal covariances, and for full covariances with one *shared* eigenbasis
+``Q`` (``Sigma_i = Q diag(lambda_i) Q^T``, the form of the exact posterior of an isotropic mixture
+under one noise level, see :meth:`GaussianMixture.posterior`), all K components are evaluated at once
+with matrix products, in O(n K d) (plus O(n d^2) to rotate ``x`` into the shared basis once, or
+O(n d p) when the covariances are isotropic outside ``p <= d / 2`` shared directions):
+``sum_j (x_j - m_ij)^2 / e_ij = (x^2) @ (1/e)^T - 2 x @ (m/e)^T + sum_j m_ij^2 / e_ij``, with ``x``
+and the means first centred at the mixture mean and the component algebra done in float64 (also for
+float32 priors), against cancellation. Other full covariances cost O(n K d^2), one component at a time.
+
 The benchmark mixtures (:meth:`GaussianMixture.grid`, :meth:`GaussianMixture.random`) document
 their recipes; ``grid`` is the 25-mode benchmark of MCGdiff (Cardoso et al. 2023, arXiv:2308.07983).
 """
@@ -81,9 +90,10 @@ class GaussianMixture(DiffusionPrior):
     (see :meth:`to`).
     """
 
-    _cached = ("_location_scale", "_eig")  # filled on use (checkpoint fingerprints skip them)
+    _cached = ("_location_scale", "_eig", "_ref_frame")  # filled on use (fingerprints skip them)
     has_log_prob = True
     has_posterior = True
+    _block_elements = 1 << 22  # per-row levels with diagonal covariances: (rows, K, d) blocks this big
 
     def __init__(
         self,
@@ -161,8 +171,14 @@ class GaussianMixture(DiffusionPrior):
         cov: Tensor,
         event_shape: tuple[int, ...],
         eig: tuple[Tensor | None, Tensor] | None = None,
+        basis: Tensor | None = None,
     ) -> None:
+        """Internal kinds: ``"scalar"`` (``cov`` (K,)), ``"diagonal"`` (``cov`` (K, d)), ``"full"``
+        (``cov`` (K, d, d), eigendecomposed lazily into ``eig``) and ``"shared"`` (full covariances
+        ``basis @ diag(cov[i]) @ basis.T`` with one orthogonal ``basis`` (d, d) whose columns are the
+        eigenvectors, and ``cov`` (K, d) the eigenvalues)."""
         self._means, self._log_weights, self._kind, self._cov = means, log_weights, kind, cov
+        self._basis = basis
         self.event_shape = tuple(event_shape)
         self.dtype, self.device = means.dtype, means.device
         k, d = means.shape
@@ -170,13 +186,18 @@ class GaussianMixture(DiffusionPrior):
             eig = (None, cov[:, None].expand(k, d))
         elif kind == "diagonal":
             eig = (None, cov)
+        elif kind == "shared":
+            eig = (basis, cov)
         self._eig = eig
+        self._ref_frame = None
 
     @classmethod
-    def _from_parts(cls, means, log_weights, kind, cov, event_shape, sigma_min, sigma_max, eig=None):
+    def _from_parts(
+        cls, means, log_weights, kind, cov, event_shape, sigma_min, sigma_max, eig=None, basis=None
+    ):
         """A mixture from trusted internal parts, skipping validation."""
         obj = cls.__new__(cls)
-        obj._init_parts(means, log_weights, kind, cov, event_shape, eig)
+        obj._init_parts(means, log_weights, kind, cov, event_shape, eig, basis)
         obj.sigma_min, obj.sigma_max = sigma_min, sigma_max
         return obj
 
@@ -194,12 +215,13 @@ class GaussianMixture(DiffusionPrior):
         """``tr Sigma_i``, shape (K,)."""
         if self._kind == "scalar":
             return self._cov * self._means.shape[1]
-        if self._kind == "diagonal":
+        if self._kind in ("diagonal", "shared"):
             return self._cov.sum(1)
         return torch.diagonal(self._cov, dim1=-2, dim2=-1).sum(-1)
 
     def _eigh(self) -> tuple[Tensor | None, Tensor]:
-        """``(Q, lambda)``: eigenvectors (K, d, d) or None, eigenvalues (K, d); full ones computed once."""
+        """``(Q, lambda)``: eigenvectors (K, d, d), one shared basis (d, d) or None; eigenvalues (K, d).
+        Full ones are computed once."""
         if self._eig is None:
             lam, q = torch.linalg.eigh(self._cov.to(torch.float64))
             # Round-off can leave tiny negative eigenvalues (e.g. posterior covariances): floor them.
@@ -229,19 +251,41 @@ class GaussianMixture(DiffusionPrior):
 
     @property
     def covariance_type(self) -> str:
-        """``"scalar"`` (isotropic), ``"diagonal"`` or ``"full"``."""
-        return self._kind
+        """``"scalar"`` (isotropic), ``"diagonal"`` or ``"full"``.
+
+        ``"full"`` covers both dense covariances and covariances stored by one eigenbasis shared by all
+        components (as :meth:`posterior` returns for an isotropic prior and one noise level); see
+        :attr:`shared_basis`."""
+        return "full" if self._kind == "shared" else self._kind
+
+    @property
+    def shared_basis(self) -> Tensor | None:
+        """For full covariances stored as ``Sigma_i = Q diag(lambda_i) Q^T`` with one orthogonal ``Q``,
+        that ``Q`` (shape (d, d), eigenvectors as columns; ``lambda`` is ``covariance_eigenvalues``);
+        otherwise None."""
+        return self._basis
+
+    @property
+    def covariance_eigenvalues(self) -> Tensor:
+        """Eigenvalues of each component covariance, shape (K, d) (for dense full covariances computed
+        on first use; in the order of :attr:`shared_basis` when there is one)."""
+        return self._eigh()[1]
 
     @property
     def covariances(self) -> Tensor:
-        """Component covariances in their stored form: (K,) scalar, (K, d) diagonal or (K, d, d) full."""
-        return self._cov
+        """Component covariances: (K,) scalar, (K, d) diagonal or (K, d, d) full (built on demand
+        from the eigenbasis when it is shared)."""
+        return self.covariance_matrices() if self._kind == "shared" else self._cov
 
     def covariance_matrices(self) -> Tensor:
         """Dense component covariances, shape (K, d, d)."""
         if self._kind == "full":
             return self._cov
-        return torch.diag_embed(self._eigh()[1])
+        q, lam = self._eigh()
+        if q is None:
+            return torch.diag_embed(lam)
+        cov = (q * lam[:, None, :]) @ q.T
+        return 0.5 * (cov + cov.transpose(-1, -2))
 
     # -- checks -----------------------------------------------------------------------------------
     def _flat_x(self, x: Tensor) -> Tensor:
@@ -278,25 +322,149 @@ class GaussianMixture(DiffusionPrior):
     def _reduce(self, xf: Tensor, s2: Tensor, mode: str | None) -> tuple[Tensor, Tensor | None]:
         """Per-component log densities and, optionally, the responsibility-weighted vector field.
 
-        Returns ``log w_i + log N(x; m_i, C_i)`` of shape (n, K) and, for ``mode`` ``"denoise"`` or
-        ``"score"``, ``sum_i r_i v_i`` of shape (n, d) with ``v_i = m_i + Sigma_i C_i^{-1}(x - m_i)``
-        or ``-C_i^{-1}(x - m_i)``. The weighted sum is accumulated with a running max (one pass,
-        O(n d) memory).
+        Returns ``log w_i + log N(x; m_i, C_i)`` of shape (n, K) (float64 except for dense full
+        covariances) and, for ``mode`` ``"denoise"`` or ``"score"``, ``sum_i r_i v_i`` of shape (n, d)
+        in the prior's dtype, with ``v_i = m_i + Sigma_i C_i^{-1}(x - m_i)`` or ``-C_i^{-1}(x - m_i)``.
         """
+        if self._kind == "full":
+            return self._reduce_dense(xf, s2, mode)
+        return self._reduce_matrix(xf, s2, mode)
+
+    def _frame(self) -> tuple[Tensor, Tensor, tuple | None]:
+        """``(ref, mq, split)``: the reference point ``ref`` (the mixture mean, prior's dtype, shape
+        (d,)), the means relative to it in the diagonalising coordinates, ``(m_i - ref) Q`` (float64,
+        (K, d)), and for a shared basis whose last ``d - p`` eigenvalues are equal within each component
+        (e.g. a posterior under ``p < d`` measurements), with ``p <= d / 2``, ``split = (Q_p, mq_p,
+        m_perp, c_perp)``: the leading ``p`` eigenvectors (prior's dtype), the means in them, the means'
+        parts in their orthogonal complement (float64, (K, d)) and the eigenvalue there (float64, (K,))."""
+        if self._ref_frame is None:
+            f64 = torch.float64
+            means = self._means.to(f64)
+            ref = (self._log_weights.to(f64).exp() @ means).to(self.dtype)
+            mc = means - ref.to(f64)
+            mq, split = mc, None
+            if self._basis is not None:
+                lam, d = self._cov, self._cov.shape[1]
+                varied = torch.nonzero(~(lam == lam[:, -1:]).all(0))
+                p = int(varied.max()) + 1 if varied.numel() else 0
+                if p <= d // 2:
+                    qp = self._basis[:, :p]
+                    mqp = mc @ qp.to(f64)
+                    split = (qp, mqp, mc - mqp @ qp.to(f64).T, lam[:, -1].to(f64))
+                    mq = mqp
+                else:
+                    mq = mc @ self._basis.to(f64)
+            self._ref_frame = (ref, mq, split)
+        return self._ref_frame
+
+    def _reduce_matrix(self, xf: Tensor, s2: Tensor, mode: str | None) -> tuple[Tensor, Tensor | None]:
+        """:meth:`_reduce` for covariances that are diagonal in one basis (scalar, diagonal, shared):
+        all components at once with matrix products, in float64, relative to :meth:`_frame`."""
+        f64 = torch.float64
+        ref, mq, split = self._frame()
+        q = self._basis if split is None else split[0]
+        xc = xf - ref
+        z = xc if q is None else xc @ q
+        lw = self._log_weights.to(f64)
+        if split is not None:  # isotropic part in the complement of Q_p, as for scalar covariances
+            x_perp = (xc - z @ q.T).to(f64)
+            m_perp, c_perp = split[2], split[3]
+            e_perp = c_perp + s2.to(f64)[:, None]  # (n, K)
+            dist = (x_perp * x_perp).sum(1, keepdim=True) - 2 * (x_perp @ m_perp.T) + (m_perp * m_perp).sum(1)
+            d_perp = xf.shape[1] - z.shape[1]
+            lw = lw - 0.5 * (dist.clamp_min(0) / e_perp + d_perp * (torch.log(e_perp) + _LOG_2PI))
+        z, s2 = z.to(f64), s2.to(f64)
+        n, d = z.shape
+        if self._kind == "scalar":
+            c = self._cov.to(f64)
+            e = c + s2[:, None]  # (n, K): eigenvalue of C_i for each row's sigma
+            dist = ((z * z).sum(1, keepdim=True) - 2 * (z @ mq.T) + (mq * mq).sum(1)).clamp_min(0)
+            logp = lw - 0.5 * (dist / e + d * torch.log(e) + d * _LOG_2PI)
+            if mode is None:
+                return logp, None
+            r = torch.softmax(logp, 1)
+            if mode == "denoise":  # z sum_i r_i a_i + sum_i r_i (1 - a_i) m_i, a_i = c_i / e_i
+                v = z * (r * c / e).sum(1, keepdim=True) + (r * s2[:, None] / e) @ mq
+            else:
+                re = r / e
+                v = (re @ mq) - z * re.sum(1, keepdim=True)
+        else:
+            lam = self._cov.to(f64)[:, :d]  # (K, d)
+            if n == 0 or bool((s2 == s2[0]).all()):
+                logp, v = self._diagonal_one_level(z, s2[0] if n else s2.new_zeros(()), lam, mq, lw, mode)
+            else:
+                logp, v = self._diagonal_per_row(z, s2, lam, mq, lw, mode)
+            if mode is None:
+                return logp, None
+        v = v.to(self.dtype)
+        if q is not None:
+            v = v @ q.T
+        if split is not None:
+            r = torch.softmax(logp, 1)
+            if mode == "denoise":
+                v_perp = (
+                    x_perp * (r * c_perp / e_perp).sum(1, keepdim=True) + (r * s2[:, None] / e_perp) @ m_perp
+                )
+            else:
+                re = r / e_perp
+                v_perp = (re @ m_perp) - x_perp * re.sum(1, keepdim=True)
+            v = v + v_perp.to(self.dtype)
+        if mode == "denoise":
+            v = v + ref
+        return logp, v
+
+    @staticmethod
+    def _diagonal_one_level(z, s2, lam, mq, lw, mode):
+        """Diagonal covariances ``lam + s2`` (one level ``s2`` for all rows): O(n K d) matrix products."""
+        d = z.shape[1]
+        e = lam + s2
+        inv = 1.0 / e
+        dist = ((z * z) @ inv.T - 2 * (z @ (mq * inv).T) + (mq * mq * inv).sum(1)).clamp_min(0)
+        logp = lw - 0.5 * (dist + torch.log(e).sum(1) + d * _LOG_2PI)
+        if mode is None:
+            return logp, None
+        r = torch.softmax(logp, 1)
+        if mode == "denoise":
+            return logp, z * (r @ (lam * inv)) + r @ (mq * (s2 * inv))
+        return logp, r @ (mq * inv) - z * (r @ inv)
+
+    def _diagonal_per_row(self, z, s2, lam, mq, lw, mode):
+        """Diagonal covariances ``lam + s2_n`` with one level per row: (rows, K, d) blocks of at most
+        ``_block_elements`` entries, O(n K d)."""
+        n, d = z.shape
+        step = max(1, self._block_elements // max(1, lam.shape[0] * d))
+        logps, vs = [], []
+        for start in range(0, n, step):
+            zc, sc = z[start : start + step], s2[start : start + step, None, None]
+            lwc = lw[start : start + step] if lw.dim() == 2 else lw
+            diff = zc[:, None, :] - mq  # (c, K, d)
+            e = lam + sc
+            logp = lwc - 0.5 * ((diff * diff / e).sum(-1) + torch.log(e).sum(-1) + d * _LOG_2PI)
+            logps.append(logp)
+            if mode is None:
+                continue
+            r = torch.softmax(logp, 1)
+            field = mq + lam / e * diff if mode == "denoise" else -diff / e
+            vs.append(torch.einsum("ck,ckd->cd", r, field))
+        return torch.cat(logps), (torch.cat(vs) if mode is not None else None)
+
+    def _reduce_dense(self, xf: Tensor, s2: Tensor, mode: str | None) -> tuple[Tensor, Tensor | None]:
+        """:meth:`_reduce` for dense full covariances, one component at a time (O(n K d^2)). The
+        weighted sum is accumulated with a running max (one pass, O(n d) memory)."""
         q, lam = self._eigh()
         d = xf.shape[1]
         logps = []
         run_max = run_sum = acc = None
         for i in range(self.num_components):
             diff = xf - self._means[i]
-            z = diff if q is None else diff @ q[i]
+            z = diff @ q[i]
             ev = lam[i] + s2[:, None]
             logp = self._log_weights[i] - 0.5 * ((z * z / ev).sum(1) + torch.log(ev).sum(1) + d * _LOG_2PI)
             logps.append(logp)
             if mode is None:
                 continue
             u = lam[i] / ev * z if mode == "denoise" else -z / ev
-            v = u if q is None else u @ q[i].T
+            v = u @ q[i].T
             if mode == "denoise":
                 v = v + self._means[i]
             if acc is None:
@@ -324,7 +492,7 @@ class GaussianMixture(DiffusionPrior):
         """
         xf = self._flat_x(x)
         logp, _ = self._reduce(xf, self._sigma2(sigma, xf.shape[0], True), None)
-        return torch.logsumexp(logp, 1)
+        return torch.logsumexp(logp, 1).to(self.dtype)
 
     def responsibilities(self, x: Tensor, sigma: float | Tensor = 0.0) -> Tensor:
         """Posterior component probabilities ``r_i(x) = p(component i | x_sigma = x)``.
@@ -340,7 +508,7 @@ class GaussianMixture(DiffusionPrior):
         """
         xf = self._flat_x(x)
         logp, _ = self._reduce(xf, self._sigma2(sigma, xf.shape[0], True), None)
-        return torch.softmax(logp, 1)
+        return torch.softmax(logp, 1).to(self.dtype)
 
     def denoise(self, x: Tensor, sigma: float | Tensor) -> Tensor:
         """Exact Tweedie denoiser ``E[x0 | x_sigma = x] = sum_i r_i [m_i + Sigma_i C_i^{-1} (x - m_i)]``.
@@ -409,7 +577,9 @@ class GaussianMixture(DiffusionPrior):
         comp = comp.to(self.device)
         q, lam = self._eigh()
         u = lam[comp].sqrt() * z
-        if q is not None:
+        if q is not None and q.dim() == 2:  # one shared basis
+            u = u @ q.T
+        elif q is not None:
             for i in torch.unique(comp).tolist():
                 sel = comp == i
                 u[sel] = u[sel] @ q[i].T
@@ -431,11 +601,12 @@ class GaussianMixture(DiffusionPrior):
         ``event_shape`` (see :meth:`DiffusionPrior.location_scale`)."""
         w = self.weights.to(torch.float64)
         means = self._means.to(torch.float64)
-        within = (
-            w @ self._eigh()[1].to(torch.float64)
-            if self._kind != "full"
-            else torch.einsum("k,kii->i", w, self._cov.to(torch.float64))
-        )
+        if self._kind == "full":
+            within = torch.einsum("k,kii->i", w, self._cov.to(torch.float64))
+        else:
+            within = w @ self._eigh()[1].to(torch.float64)
+            if self._basis is not None:  # diag(Q diag(v) Q^T) = (Q * Q) v
+                within = (self._basis.to(torch.float64) ** 2) @ within
         between = w @ (means - w @ means) ** 2
         std = (within + between).sqrt().reshape(self.event_shape)
         return self.mean(), std.to(dtype=self.dtype)
@@ -447,6 +618,10 @@ class GaussianMixture(DiffusionPrior):
         between = (centred * w[:, None]).T @ centred
         if self._kind == "full":
             within = torch.einsum("k,kij->ij", w, self._cov)
+        elif self._basis is not None:
+            q = self._basis
+            within = (q * (w @ self._cov)) @ q.T
+            within = 0.5 * (within + within.T)
         else:
             within = torch.diag(w @ self._eigh()[1])
         return within + between
@@ -469,7 +644,7 @@ class GaussianMixture(DiffusionPrior):
             cov = self._cov + s2 * torch.eye(d, dtype=self.dtype, device=self.device)
             q, lam = self._eigh()
             eig = (q, lam + s2)
-        else:
+        else:  # scalar, diagonal, or eigenvalues in the shared basis
             cov, eig = self._cov + s2, None
         return self._from_parts(
             self._means,
@@ -480,6 +655,7 @@ class GaussianMixture(DiffusionPrior):
             self.sigma_min,
             self.sigma_max,
             eig,
+            self._basis,
         )
 
     def _condition(self, problem) -> tuple[GaussianMixture, Tensor]:
@@ -513,8 +689,10 @@ class GaussianMixture(DiffusionPrior):
                 f"out_shape {op.out_shape}"
             ) from None
         means = self._means.to(f64)
-        if self._kind == "full":
-            cov = self._cov.to(f64)
+        if self._kind == "scalar" and bool((r > 0).all()) and bool((r == r[0]).all()):
+            return self._condition_shared(A, y, float(r[0]))
+        if self._kind in ("full", "shared"):
+            cov = self.covariance_matrices().to(f64)
             B = A @ cov  # A Sigma_i, (K, m, d)
         else:
             diag = self._eigh()[1].to(f64)
@@ -546,6 +724,47 @@ class GaussianMixture(DiffusionPrior):
         )
         return post, log_evidence.to(self.dtype)
 
+    def _condition_shared(self, A: Tensor, y: Tensor, r: float) -> tuple[GaussianMixture, Tensor]:
+        """:meth:`_condition` for isotropic ``Sigma_i = c_i I`` and noise ``R = r I`` (float64 ``A``, ``y``).
+
+        With ``A = U diag(s) V^T`` (``V`` (d, d) completed to a basis, ``s_j = 0`` beyond the rank),
+        ``S_i = U diag(c_i s^2 + r) U^T`` (plus ``r`` on the complement of ``U`` when ``m > d``), the
+        posterior covariance is ``V diag(c_i r / (c_i s_j^2 + r)) V^T``: one basis for all components,
+        and the posterior mean ``m_i + c_i V diag(s / (c_i s^2 + r)) U^T (y - A m_i)``. One SVD of
+        ``A``, no per-component factorisation.
+        """
+        f64 = torch.float64
+        m_out, d = A.shape
+        U, s, Vh = torch.linalg.svd(A, full_matrices=m_out < d)  # Vh (d, d) either way
+        p = s.shape[0]
+        means = self._means.to(f64)
+        c = self._cov.to(f64)[:, None]  # (K, 1)
+        t = y - means @ A.T  # (K, m)
+        u = t @ U  # (K, p)
+        ev = c * s**2 + r  # (K, p): eigenvalues of S_i along U
+        quad = (u * u / ev).sum(1)
+        logdet = torch.log(ev).sum(1)
+        if p < m_out:  # the part of y - A m_i outside the range of A: eigenvalue r
+            quad = quad + ((t - u @ U.T) ** 2).sum(1) / r
+            logdet = logdet + (m_out - p) * math.log(r)
+        log_lik = -0.5 * (quad + logdet + m_out * _LOG_2PI)
+        post_means = means + (c * u * s / ev) @ Vh[:p]
+        lam = c.expand(-1, d).clone()
+        lam[:, :p] = c * r / ev
+        joint = self._log_weights.to(f64) + log_lik
+        log_evidence = torch.logsumexp(joint, 0)
+        post = self._from_parts(
+            post_means.to(self.dtype),
+            (joint - log_evidence).to(self.dtype),
+            "shared",
+            lam.to(self.dtype),
+            self.event_shape,
+            self.sigma_min,
+            self.sigma_max,
+            basis=Vh.T.contiguous().to(self.dtype),
+        )
+        return post, log_evidence.to(self.dtype)
+
     def posterior(self, problem) -> GaussianMixture:
         """The exact posterior ``p(x | y)`` under a linear-Gaussian problem ``y = A x + n``.
 
@@ -563,7 +782,11 @@ class GaussianMixture(DiffusionPrior):
         Returns
         -------
         GaussianMixture
-            Full covariances, the same event_shape, sigma_min and sigma_max.
+            Full covariances, the same event_shape, sigma_min and sigma_max. For an isotropic prior
+            and one noise level (``R = r I``) they are stored by one shared eigenbasis (the right
+            singular vectors of ``A``, :attr:`shared_basis`) and per-component eigenvalues
+            ``c_i r / (c_i s_j^2 + r)``: built from one SVD of ``A`` and evaluated in O(n d^2 + n K d)
+            (O(n d m + n K d) for ``m <= d / 2`` measurements).
         """
         return self._condition(problem)[0]
 
@@ -610,12 +833,13 @@ class GaussianMixture(DiffusionPrior):
             self.sigma_min,
             self.sigma_max,
             eig,
+            cast(self._basis),
         )
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(num_components={self.num_components}, event_shape={self.event_shape}, "
-            f"covariance_type={self._kind!r}, dtype={self.dtype}, device={self.device})"
+            f"covariance_type={self.covariance_type!r}, dtype={self.dtype}, device={self.device})"
         )
 
     # -- benchmark mixtures -----------------------------------------------------------------------

@@ -37,16 +37,34 @@ def sigma_grid(
 
 
 def ancestral_moments(
-    x: Tensor, x0_hat: Tensor, sigma: float | Tensor, sigma_next: float | Tensor
+    x: Tensor,
+    x0_hat: Tensor,
+    sigma: float | Tensor,
+    sigma_next: float | Tensor,
+    x0_variance: float | Tensor = 0.0,
 ) -> tuple[Tensor, Tensor]:
     """Mean and variance of the Gaussian bridge ``p(x_{sigma_next} | x_sigma = x, x0 = x0_hat)``.
 
-    Mean ``x0_hat + (sigma_next^2 / sigma^2) (x - x0_hat)``, variance ``sigma_next^2 (1 - sigma_next^2 /
-    sigma^2)`` (0 on the step to ``sigma_next = 0``): the DDPM ancestral step written in VE coordinates.
-    ``sigma`` and ``sigma_next`` are floats or tensors broadcastable to ``x``.
+    Mean ``x0_hat + r (x - x0_hat)`` with ``r = sigma_next^2 / sigma^2``, variance ``sigma_next^2 (1 - r)``
+    (0 on the step to ``sigma_next = 0``): the DDPM ancestral step written in VE coordinates. With
+    ``x0_variance`` ``c``, the variance of ``x0`` given ``x_sigma`` per coordinate (a number, or one per row
+    of ``x``), the variance gains ``(1 - r)^2 c``: the share of ``x_{sigma_next}``'s spread that comes from
+    ``x0`` not being ``x0_hat``, which the DDPM step leaves out (exact for Gaussian data with isotropic
+    ``Cov[x0 | x_sigma] = c I``). ``sigma`` and ``sigma_next`` are floats or tensors broadcastable to ``x``.
     """
     ratio = (sigma_next / sigma) ** 2
-    return x0_hat + ratio * (x - x0_hat), sigma_next**2 * (1 - ratio)
+    return x0_hat + ratio * (x - x0_hat), sigma_next**2 * (1 - ratio) + (1 - ratio) ** 2 * x0_variance
+
+
+def x0_variance(x: Tensor, x0_hat: Tensor, sigma: Tensor, runs: int) -> Tensor:
+    """The variance per coordinate of ``x0`` given ``x_sigma``, averaged over each run's particles: from
+    Tweedie's second moment, ``E tr Cov[x0 | x_sigma] = d sigma^2 - E |x_sigma - D(x_sigma, sigma)|^2``,
+    with the expectation over the particles (which follow the twisted target, not the prior: an
+    approximation). ``x``, ``x0_hat``: ``(runs * n, *event_shape)`` run-major; returns ``(runs * n,)``, each
+    particle its run's value, clamped at 0."""
+    n, d = x.shape[0] // runs, x[0].numel()
+    residual = ((x - x0_hat) ** 2).reshape(runs, n, -1).sum(-1).mean(1)  # (runs,)
+    return (sigma**2 - residual / d).clamp(min=0).repeat_interleave(n)
 
 
 def ancestral_step(
@@ -56,9 +74,12 @@ def ancestral_step(
     sigma_next: float | Tensor,
     generator: torch.Generator | None,
 ) -> Tensor:
-    """A draw of ``x_{sigma_next}`` from the bridge of :func:`ancestral_moments`."""
-    mean, var = ancestral_moments(x, x0_hat, sigma, sigma_next)
-    return mean + var**0.5 * randn(x.shape, generator, x.dtype, x.device)
+    """A draw of ``x_{sigma_next}`` from the bridge of :func:`ancestral_moments`: its mean plus
+    ``sigma_next sqrt(1 - sigma_next^2 / sigma^2)`` times standard normal noise (the standard deviation
+    written so, not as the square root of the variance, keeps the draws of earlier releases)."""
+    mean, _ = ancestral_moments(x, x0_hat, sigma, sigma_next)
+    std = sigma_next * (1 - (sigma_next / sigma) ** 2) ** 0.5
+    return mean + std * randn(x.shape, generator, x.dtype, x.device)
 
 
 def flow_velocity(denoise: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor], Tensor]:

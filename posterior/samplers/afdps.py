@@ -35,7 +35,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from posterior.priors.integrators import ancestral_moments
 from posterior.samplers.guidance import default_tempering_scale
 from posterior.samplers.linear_gaussian import LinearGaussianSVD
 from posterior.samplers.settings import POSITIVE
@@ -101,15 +100,15 @@ class AFDPS(TwistedSampler):
             return TemperedTwist(None)
         return TemperedTwist(default_tempering_scale(problem, prior, self.tempering_scale))
 
-    def propagate(self, ctx, problem, prior, x, cache, sigma, sigma_next, generator):
+    def propagate(self, ctx, problem, prior, x, cache, sigma, sigma_next, generator, runs):
         optimal = isinstance(ctx, NoisyTwist) and self.proposal != "gradient"
         if self.kernel == "ancestral" and not optimal:
-            return super().propagate(ctx, problem, prior, x, cache, sigma, sigma_next, generator)
+            return super().propagate(ctx, problem, prior, x, cache, sigma, sigma_next, generator, runs)
         x0_hat = cache["x0_hat"]
         if self.kernel == "ode":
             m, v = x0_hat + (sigma_next / sigma) * (x - x0_hat), sigma.new_zeros(())
         else:
-            m, v = ancestral_moments(x, x0_hat, sigma, sigma_next)
+            m, v = self.moments(x, x0_hat, sigma, sigma_next, runs)
         if optimal:
             x_next, log_norm = ctx.lg.product_move(m, v, ctx.variance(sigma_next), generator)
             new = ctx.evaluate(problem, prior, x_next, sigma_next)

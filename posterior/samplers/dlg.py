@@ -25,13 +25,15 @@ levels (``p(sigma)`` uniform over the grid, i.e. log-uniform in ``sigma``; ``p_s
 
 Every ``thin`` iterations after ``burn_in``, each chain's current state is mapped to a draw: the
 posterior probability-flow ODE (Karras Heun, ``ode_steps``) from its ``sigma`` down to the lowest
-level, then a posterior Tweedie step. Chains start from a guided reverse integration (ancestral
-steps with the posterior score) from the prior's ``sigma_max`` to the lowest level and persist across
-draws, so the result's chains are Markov chains: ESS and R-hat (``to_arviz``) are meaningful.
+level, then a posterior Tweedie step. Chains start (``start="smc"``, the default) from draws of an
+AFDPS population noised to the lowest level, which gives them the posterior's mode weights, or
+(``"guided"``) from a guided reverse integration (ancestral steps with the posterior score) from the
+prior's ``sigma_max``; they persist across draws, so the result's chains are Markov chains: ESS and R-hat (``to_arviz``) are meaningful.
 
 Output: MCMC draws (correlated within a chain). Even with the exact score and the exact
-sigma-conditional, chains do not switch between well-separated modes at practical budgets (see
-``docs/mcmc.md``). Cost per iteration: 1 NFE (``"flow"``: plus 2), per draw ``2 ode_steps + 1`` NFE.
+sigma-conditional, chains do not switch between well-separated modes at practical budgets: their
+mode weights are their start's (``docs/mcmc.md``, "Crossing modes"). The ``"smc"`` start adds its
+population's ``start_steps`` NFE. Cost per iteration: 1 NFE (``"flow"``: plus 2), per draw ``2 ode_steps + 1`` NFE.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from posterior.samplers.base import Sampler, one_y_per_chain
 from posterior.samplers.guidance import posterior_tweedie
 from posterior.samplers.kernel import Info, Kernel
 from posterior.samplers.langevin import LikelihoodSurrogate, damping_scale, lml_step
+from posterior.samplers.lml import smc_starts
 from posterior.samplers.resampling import draw_categorical, uniforms
 from posterior.samplers.settings import NON_NEGATIVE, POSITIVE, at_least
 from posterior.utils import per_row, randn
@@ -59,10 +62,21 @@ from posterior.utils import per_row, randn
 SIGMA_POSTERIORS = ("auto", "exact", "classifier", "flow")
 
 
-@functools.lru_cache(maxsize=4)
 def load_classifier(name: str, device: str) -> NoiseLevelClassifier:
-    """The noise-level classifier ``name`` (a bundled prior's name or a file) on ``device``, read once."""
+    """The noise-level classifier ``name`` (a bundled prior's name or a file) on ``device``, read once
+    per version of its file (a file rewritten since is read again)."""
+    if name in NAMES:
+        return _read_classifier(name, 0, device)
+    path = Path(name).resolve()
+    return _read_classifier(str(path), path.stat().st_mtime_ns, device)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_classifier(name: str, version: int, device: str) -> NoiseLevelClassifier:
     return noise_classifier(name, device=device)
+
+
+SMC_SIGMA_HIGH, GUIDED_SIGMA_HIGH = 2.0, 20.0  # the default highest level for each start
 FLOW_RATIO = 1.25  # the largest change of sigma in one Heun step of the "flow" move
 
 
@@ -75,9 +89,11 @@ class DenoisingLangevinGibbs(Sampler):
     levels : int
         Size of the log-spaced sigma grid (``"classifier"`` uses the classifier's own grid).
     sigma_low, sigma_high : float
-        Lowest and highest grid levels.
+        Lowest and highest grid levels; ``sigma_high`` defaults to 2 with the ``"smc"`` start (higher
+        levels merge the modes, and draws integrated down from there lose the start's mode weights) and
+        20 with the ``"guided"`` one.
     sigma_posterior : str
-        ``"auto"`` (``"exact"`` for priors with ``log_prob``, else ``"classifier"`` when one is given,
+        ``"auto"`` (``"exact"`` for priors with an exact density, ``prior.has_log_prob``, else ``"classifier"`` when one is given,
         else ``"flow"``), ``"exact"``, ``"classifier"`` or ``"flow"`` (see the module docstring).
     classifier : str, optional
         For ``"classifier"``: the noise-level classifier of a bundled prior (``"digits"``, ...) or a
@@ -90,12 +106,21 @@ class DenoisingLangevinGibbs(Sampler):
     prior_std, gamma : float
         As for :class:`~posterior.samplers.lml.LevenbergMarquardtLangevin`.
     init_steps, ode_steps : int
-        Guided reverse steps of the initialisation; Heun steps of each draw's ODE integration.
+        Guided reverse steps of the ``"guided"`` start; Heun steps of each draw's ODE integration.
+    start : str
+        Where the chains start (``docs/mcmc.md``, "Crossing modes"): ``"guided"`` (default) or ``"smc"``.
+        ``"smc"`` draws each chain's start
+        from an AFDPS population (``start_particles`` particles per chain, ``start_steps`` levels; its NFE
+        count), noised to the lowest level, so that the chains' mode weights are the posterior's;
+        ``"guided"`` integrates the posterior score from ``sigma_max`` (the chains keep the mode weights
+        of that integration: they do not cross between well-separated modes).
+    start_particles, start_steps : int
+        Particles per chain and levels of the ``"smc"`` start's population.
     """
 
     levels: int = 40
     sigma_low: float = 0.01
-    sigma_high: float = 20.0
+    sigma_high: float | None = None
     sigma_posterior: str = "auto"
     classifier: str | None = None
     burn_in: int = 100
@@ -105,6 +130,9 @@ class DenoisingLangevinGibbs(Sampler):
     gamma: float = 1.0
     init_steps: int = 50
     ode_steps: int = 10
+    start: str = "guided"
+    start_particles: int = 10
+    start_steps: int = 100
 
     kind = "mcmc"
 
@@ -120,6 +148,9 @@ class DenoisingLangevinGibbs(Sampler):
         "gamma": POSITIVE,
         "init_steps": at_least(1),
         "ode_steps": at_least(1),
+        "start": ("smc", "guided"),
+        "start_particles": at_least(1),
+        "start_steps": at_least(2),
     }
 
     def __post_init__(self):
@@ -129,7 +160,11 @@ class DenoisingLangevinGibbs(Sampler):
                 "N(x; D(x, sigma), sigma^2 I), not p_sigma(x)); use 'flow'"
             )
         super().__post_init__()
-        if self.classifier is not None and self.classifier not in NAMES and not Path(self.classifier).is_file():
+        if (
+            self.classifier is not None
+            and self.classifier not in NAMES
+            and not Path(self.classifier).is_file()
+        ):
             raise ValueError(
                 f"DenoisingLangevinGibbs: classifier must be a bundled prior's name {NAMES} or a classifier "
                 f"file, got {self.classifier!r}"
@@ -138,10 +173,25 @@ class DenoisingLangevinGibbs(Sampler):
             raise ValueError(
                 "DenoisingLangevinGibbs: sigma_posterior='classifier' needs classifier= (e.g. \"digits\")"
             )
-        if not self.sigma_low < self.sigma_high:
+        if not self.sigma_low < self.highest:
             raise ValueError(
-                f"DenoisingLangevinGibbs: need sigma_low < sigma_high, got {self.sigma_low}, {self.sigma_high}"
+                f"DenoisingLangevinGibbs: need sigma_low < sigma_high, got {self.sigma_low}, {self.highest}"
             )
+
+    @property
+    def highest(self) -> float:
+        """The highest grid level: ``sigma_high``, or its default for the start (2 for ``"smc"``, else 20)."""
+        if self.sigma_high is not None:
+            return self.sigma_high
+        return SMC_SIGMA_HIGH if self.start == "smc" else GUIDED_SIGMA_HIGH
+
+    def resources(self, prior) -> dict:
+        """The classifier's network, when the sigma move uses it (checkpoints record its weights)."""
+        return (
+            {"classifier": load_classifier(self.classifier, str(prior.device))}
+            if self.mode(prior) == "classifier"
+            else {}
+        )
 
     def mode(self, prior) -> str:
         if self.sigma_posterior != "auto":
@@ -155,7 +205,7 @@ class DenoisingLangevinGibbs(Sampler):
         if self.mode(prior) == "classifier":
             return load_classifier(self.classifier, str(device)).sigmas.to(dtype=dtype, device=device)
         return torch.logspace(
-            math.log10(self.sigma_low), math.log10(self.sigma_high), self.levels, dtype=dtype, device=device
+            math.log10(self.sigma_low), math.log10(self.highest), self.levels, dtype=dtype, device=device
         )
 
     def sigma_logits(self, problem, prior, surrogate, x: Tensor, grid: Tensor) -> Tensor:
@@ -233,9 +283,27 @@ class DLGKernel(Kernel):
         self.steps = self.settings.burn_in + self.settings.thin * self.num_samples
 
     def init(self, generator):
-        """Guided ancestral steps with the posterior score from ``prior.sigma_max`` to the lowest level."""
+        """``"smc"``: each chain's start drawn from an AFDPS population (one for all chains, or one per
+        chain when each has its own ``y``), noised exactly to the lowest level, ``x + sigma_low z``.
+        ``"guided"``: guided ancestral steps with the posterior score from ``prior.sigma_max`` to the
+        lowest level."""
         problem, prior, surrogate = self.problem, self.prior, self.surrogate
         dtype, device = problem.y.dtype, problem.y.device
+        index = torch.zeros(self.chains, dtype=torch.long, device=device)
+        if self.settings.start == "smc":
+            runs = self.chains if problem.batched else 1
+            per_run = self.chains // runs
+            x = smc_starts(
+                problem,
+                prior,
+                runs,
+                per_run,
+                self.settings.start_particles * per_run,
+                self.settings.start_steps,
+                generator,
+            )
+            x = x + self.grid[0] * randn(x.shape, generator, dtype, device)
+            return DLGState(x, index, (), ())
         sigmas = sigma_grid(
             float(self.grid[0]), prior.sigma_max, self.settings.init_steps + 1, dtype=dtype, device=device
         )
@@ -245,7 +313,7 @@ class DLGKernel(Kernel):
             x = ancestral_step(
                 x, posterior_tweedie(x0_hat, grad, sigmas[i]), sigmas[i], sigmas[i + 1], generator
             )
-        return DLGState(x, torch.zeros(self.chains, dtype=torch.long, device=device), (), ())
+        return DLGState(x, index, (), ())
 
     def step(self, state, it, generator):
         settings, grid = self.settings, self.grid

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from operators.base import SVD
-from posterior.utils import randn
+from posterior.utils import per_row, randn
 
 
 def isotropic_log_density(x: Tensor, mean: Tensor | float, var: float | Tensor) -> Tensor:
@@ -61,12 +61,11 @@ class LinearGaussianSVD:
                 f"got {type(problem.operator).__name__} with {type(problem.noise).__name__}. "
                 "Use AFDPS or TDS for non-linear operators and other noise models."
             )
-        sigma_y = problem.noise.sigma
-        if sigma_y.numel() > 1 and not bool((sigma_y == sigma_y.reshape(-1)[0]).all()):
+        if not cls.applies(problem):
             raise ValueError(
                 f"{who} needs one noise level sigma_y for all measurements, got a per-element sigma"
             )
-        y = problem.y
+        y, sigma_y = problem.y, problem.noise.sigma
         dtype, device = y.dtype, y.device
         svd = problem.operator.svd()
         s = svd.s.to(dtype=dtype, device=device)
@@ -98,20 +97,22 @@ class LinearGaussianSVD:
         return torch.where(active, terms, torch.zeros_like(terms)).sum(-1)
 
     def product_move(self, m: Tensor, v: Tensor, var_next: Tensor, generator) -> tuple[Tensor, Tensor]:
-        """Draw from ``N(m, v I) x prod_j N(u_j; xbar_j, var_next_j)`` exactly (the locally optimal proposal).
+        """Draw from ``N(m, v I) x prod_j N(u_j; xbar_j, var_next_j)`` exactly (the locally optimal proposal;
+        ``v`` a number or one per row of ``m``).
 
         Observed coordinates with ``var_next = inf`` move freely, with ``var_next = 0`` are pinned to
         ``u_j``. Returns the new particles and ``log`` of the normaliser,
         ``sum_j log N(u_j; mbar_j, v + var_next_j)`` over the constrained coordinates.
         """
         v = torch.as_tensor(v, dtype=m.dtype, device=m.device)
-        x = m + v.sqrt() * randn(m.shape, generator, m.dtype, m.device)
+        x = m + per_row(v, m.dim()).sqrt() * randn(m.shape, generator, m.dtype, m.device)
+        v = per_row(v, 2)  # against the (n, r) coordinates
         mbar = self.coords(m)
         free = ~torch.isfinite(var_next)
         w = torch.where(free, torch.ones_like(var_next), var_next)
         total = v + w
         mean = torch.where(free, mbar, (w * mbar + v * self.u) / total)
-        var = torch.where(free, v.expand_as(w), v * w / total)
+        var = torch.where(free, v.expand_as(total), v * w / total)
         coords = mean + var.sqrt() * randn(mean.shape, generator, m.dtype, m.device)
         log_norm = -0.5 * (self.u - mbar) ** 2 / total - 0.5 * torch.log(2 * math.pi * total)
         log_norm = torch.where(free, torch.zeros_like(log_norm), log_norm).sum(-1)

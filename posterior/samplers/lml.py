@@ -53,8 +53,36 @@ from posterior.samplers.base import Sampler
 from posterior.samplers.guidance import posterior_tweedie
 from posterior.samplers.kernel import Info, Kernel
 from posterior.samplers.langevin import LikelihoodSurrogate, damping_scale, lml_correct
+from posterior.samplers.resampling import inverse_cdf, uniforms
 from posterior.samplers.settings import NON_NEGATIVE, POSITIVE, RHO, Range, at_least
 from posterior.utils import randn
+
+STARTS = ("smc", "anneal")  # LML: an SMC population then the last level, or the annealing alone
+
+
+def smc_starts(problem, prior, runs: int, per_run: int, particles: int, steps: int, generator) -> Tensor:
+    """``runs * per_run`` draws (run-major) at ``sigma = 0`` from ``runs`` AFDPS populations of
+    ``particles`` particles each (``steps`` levels), ``per_run`` drawn from each run's weighted particles
+    by systematic resampling.
+
+    ``problem``'s ``y`` is one (not batched) or one per run (``runs`` rows). The AFDPS kernel is driven
+    here with the caller's counting ``prior`` and ``generator``, so its NFE and draws are the caller's; a
+    broken run raises :class:`~posterior.samplers.kernel.Divergence` (the caller's driver reports it)."""
+    from posterior.samplers.afdps import AFDPS  # afdps imports the SMC core, which imports base
+
+    if problem.batched:
+        problem = InverseProblem(problem.operator, problem.noise, problem.y.repeat_interleave(particles, 0))
+    kernel = AFDPS(steps=steps).build_kernel(problem, prior, runs, particles)
+    state, k = kernel.init(generator), 0
+    while not kernel.finished(state, k):
+        state, _ = kernel.step(state, k, generator)
+        k += 1
+    x, trace = kernel.finish(state, generator)
+    W = torch.softmax(trace["log_weights"].double(), dim=-1)  # (runs, particles)
+    u = uniforms((runs, 1), generator, W.device) + torch.arange(per_run, dtype=W.dtype, device=W.device)
+    picked = inverse_cdf(W, u / per_run)  # (runs, per_run): systematic, so the draws follow W closely
+    rows = picked + particles * torch.arange(runs, device=W.device)[:, None]
+    return x[rows.reshape(-1).to(x.device)]
 
 
 def reshape_direction(g: Tensor, g_previous: Tensor | None, kappa: float, lam: float) -> Tensor:
@@ -95,6 +123,14 @@ class LevenbergMarquardtLangevin(Sampler):
         > 0 applies the deterministic direction reshaping to the predictor (not a sampler).
     rho : float
         Exponent of the EDM grid.
+    start : str
+        ``"anneal"``: the annealing above from ``sigma_max`` (its particles commit to modes at high
+        noise, with biased weights: ``docs/mcmc.md``, "Crossing modes"). ``"smc"``: each draw taken from
+        an AFDPS population (``start_particles`` particles per draw, ``start_steps`` levels; its NFE
+        count), noised exactly to the last level ``sigma_min``, then ``corrector_steps`` LML steps there
+        and the Tweedie step: the annealing is replaced by the SMC population.
+    start_particles, start_steps : int
+        Particles per draw and levels of the ``"smc"`` start's population.
     """
 
     steps: int = 100
@@ -105,6 +141,9 @@ class LevenbergMarquardtLangevin(Sampler):
     metropolis: bool = False
     kappa: float = 0.0
     rho: float = 7.0
+    start: str = "anneal"
+    start_particles: int = 1
+    start_steps: int = 100
 
     kind = "approximate"
 
@@ -116,6 +155,9 @@ class LevenbergMarquardtLangevin(Sampler):
         "gamma": POSITIVE,
         "kappa": Range(0.0, 1.0, open_high=True),
         "rho": RHO,
+        "start": STARTS,
+        "start_particles": at_least(1),
+        "start_steps": at_least(2),
     }
 
     def build_kernel(self, problem, prior, chains, num_samples, group=None):
@@ -164,15 +206,37 @@ class LMLKernel(Kernel):
     State = LMLState
 
     def __post_init__(self):
-        self.steps = self.settings.steps - 1
+        smc = self.settings.start == "smc"
+        self.steps = self.settings.corrector_steps if smc else self.settings.steps - 1
 
     def init(self, generator):
-        y = self.problem.y
+        y, settings = self.problem.y, self.settings
+        if settings.start == "smc":  # an AFDPS population per y, noised to the last level
+            runs = self.n if self.problem.batched else 1
+            per_run = self.n // runs
+            x = smc_starts(
+                self.problem,
+                self.prior,
+                runs,
+                per_run,
+                settings.start_particles * per_run,
+                settings.start_steps,
+                generator,
+            )
+            return LMLState(x + self.sigmas[-1] * randn(x.shape, generator, y.dtype, y.device), None, 0, 0)
         x = self.sigmas[0] * randn((self.n, *self.prior.event_shape), generator, y.dtype, y.device)
         return LMLState(x, None, 0, 0)
 
     def step(self, state, i, generator):
         settings, problem, prior, surrogate = self.settings, self.problem, self.prior, self.surrogate
+        if settings.start == "smc":  # one corrector step at the last level
+            sigma = self.sigmas[-1]
+            x, ok = lml_correct(
+                problem, prior, surrogate, state.x, sigma, settings.step_size, self.tau, generator,
+                settings.metropolis,
+            )
+            new = LMLState(x, None, state.accepted + ok, state.proposed + x.shape[0])
+            return new, Info(sigma, check=(x,), view={"x": x})
         sigma, sigma_next = self.sigmas[i], self.sigmas[i + 1]
         x, increment, accepted, proposed = state.x, state.increment, state.accepted, state.proposed
         # predictor: an ancestral step with the posterior score

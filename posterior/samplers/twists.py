@@ -31,11 +31,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from posterior.priors.integrators import ancestral_moments
-from posterior.samplers.guidance import pigdm_variance, tempering
+from posterior.samplers.guidance import tempering
 from posterior.samplers.linear_gaussian import LinearGaussianSVD
 from posterior.samplers.smc import ParticleSampler
-from posterior.utils import randn
+from posterior.utils import per_row, randn
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -137,7 +136,7 @@ class TDSTwist(Twist):
     def at_noise(self, problem, prior, x, sigma):
         def log_psi(x0_hat):
             if self.lg is not None:
-                var = self.lg.tau2 + self.kappa * pigdm_variance(sigma, 1.0)
+                var = self.lg.tau2 + self.kappa * sigma**2 / (1 + sigma**2)  # kappa times pigdm_variance(sigma, 1)
                 return self.lg.log_potential(self.lg.coords(x0_hat), var) + self.lg.log_const
             return tempering(sigma, self.tau_ref) * problem.log_likelihood(x0_hat)
 
@@ -146,21 +145,23 @@ class TDSTwist(Twist):
 
 
 def guided_move(m: Tensor, v: Tensor, grad: Tensor, generator) -> tuple[Tensor, Tensor]:
-    """Proposal ``x' = m + v g + sqrt(v) xi`` and ``log N(x'; m, v) - log N(x'; m + v g, v)``.
+    """Proposal ``x' = m + v g + sqrt(v) xi`` and ``log N(x'; m, v) - log N(x'; m + v g, v)`` (``v`` a
+    number or one per particle).
 
     ``g`` is ``grad``, scaled down where the shift ``v |grad|`` would exceed the kernel's own noise
     ``sqrt(v d)``: a likelihood that explodes away from the data (Poisson with an exponential link at
     a noisy state) must not throw particles out; the weights stay exact for any ``g``. The ratio is
     ``-v |g|^2 / 2 - sqrt(v) g . xi`` per particle; ``v = 0`` gives ``x' = m`` and 0.
     """
-    if float(v) == 0:
+    if bool((v == 0).all()):
         return m, m.new_zeros(m.shape[0])
     n = m.shape[0]
     g = grad.reshape(n, -1)
-    limit = (v * g.shape[1]).sqrt()
-    g = g * (limit / (v * g.norm(dim=1, keepdim=True)).clamp(min=limit))
+    vr = per_row(v, 2)  # a number, or one variance per particle
+    limit = (vr * g.shape[1]).sqrt()
+    g = g * (limit / (vr * g.norm(dim=1, keepdim=True)).clamp(min=limit))
     xi = randn(g.shape, generator, m.dtype, m.device)
-    x = m + (v * g + v.sqrt() * xi).reshape(m.shape)
+    x = m + (vr * g + vr.sqrt() * xi).reshape(m.shape)
     log_ratio = -0.5 * v * (g**2).sum(1) - v.sqrt() * (g * xi).sum(1)
     return x, log_ratio
 
@@ -177,8 +178,8 @@ class TwistedSampler(ParticleSampler):
         cache = ctx.evaluate(problem, prior, x, sigma)
         return cache, cache["log_psi"]
 
-    def propagate(self, ctx, problem, prior, x, cache, sigma, sigma_next, generator):
-        m, v = ancestral_moments(x, cache["x0_hat"], sigma, sigma_next)
+    def propagate(self, ctx, problem, prior, x, cache, sigma, sigma_next, generator, runs):
+        m, v = self.moments(x, cache["x0_hat"], sigma, sigma_next, runs)
         x_next, log_ratio = guided_move(m, v, cache["grad"], generator)
         new = ctx.evaluate(problem, prior, x_next, sigma_next)
         return x_next, new, log_ratio + new["log_psi"] - cache["log_psi"]

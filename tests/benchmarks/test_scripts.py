@@ -2,10 +2,12 @@
 
 import importlib.util
 import json
+import math
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCHMARKS = Path(__file__).parents[2] / "benchmarks"
 
@@ -47,6 +49,63 @@ def test_gmm_benchmark(tmp_path, capsys):
     assert json.loads(out.read_text())["rows"][0]["sampler"] == "oracle"
     assert all(r["sw_over_floor"] > 0 for r in rows)
     assert "| problem | sampler | 5 steps |" in capsys.readouterr().out
+
+
+def test_gmm_grid_benchmark(tmp_path, capsys):
+    out = tmp_path / "grid.json"
+    gmm = load("gmm")
+    rows = gmm.main(
+        [
+            "afdps",
+            "dps",
+            "--grid",
+            "--dims",
+            "8",
+            "--rows",
+            "1",
+            "--instances",
+            "1",
+            "--steps",
+            "5",
+            "--particles",
+            "32",
+            "--runs",
+            "3",
+            "--out",
+            str(out),
+        ]
+    )
+    data = json.loads(out.read_text())
+    assert data["complete"] and data["command"].startswith("python benchmarks/gmm.py afdps dps --grid")
+    assert [(r["dim"], r["rows"], r["instance"], r["sampler"]) for r in data["rows"]] == [
+        (8, 1, 0, "afdps"),
+        (8, 1, 0, "dps"),
+    ]
+    smc, dps = rows
+    assert smc["nfe"] == 5 and smc["particles"] == 32 and smc["sw_over_floor"] > 0 and smc["floor"] > 0
+    assert 0 <= smc["mode_tv"] <= 1 and smc["wall_time"] > 0
+    assert len(smc["log_evidence_runs"]) == 3 and smc["log_evidence_se"] > 0
+    assert smc["log_evidence_z"] == pytest.approx(
+        (smc["log_evidence_pooled"] - smc["log_evidence_exact"]) / smc["log_evidence_se"]
+    )
+    assert "log_evidence_z" not in dps and dps["sw_over_floor"] > 0
+    summary = data["summary"]["afdps"]
+    assert summary["calls"] == 1 and summary["worst_sw_over_floor"] == summary["median_sw_over_floor"]
+    assert "| sampler | calls | worst SW/floor |" in capsys.readouterr().out
+
+
+def test_gmm_grid_instances():
+    gmm = load("gmm")
+    p = gmm.make_grid_problem(8, 4, 0.5, 2)
+    s = torch.linalg.svdvals(p.problem.operator.to_matrix(dtype=torch.float64))
+    assert p.problem.y.dtype == torch.float64 and p.prior.weights.shape == (25,)
+    assert bool((s > 0).all() and (s < 1).all() and (s[:-1] >= s[1:]).all())
+    assert p.seed != gmm.make_grid_problem(8, 2, 0.5, 2).seed
+    assert p.log_evidence == pytest.approx(float(p.prior.log_evidence(p.problem)))
+    pooled, se = gmm.pooled_log_evidence(torch.tensor([0.0, 0.0]))
+    assert pooled == 0.0 and se == 0.0
+    pooled, _ = gmm.pooled_log_evidence(torch.log(torch.tensor([1.0, 3.0])))
+    assert pooled == pytest.approx(math.log(2.0))
 
 
 def test_images_benchmark(tmp_path):

@@ -355,3 +355,366 @@ def test_dimension_1000_diagonal_with_dense_operator():
     torch.testing.assert_close(post.log_prob(x), expected, atol=1e-6, rtol=1e-9)
     den = post.noised(1.0).denoise(x + torch.randn_like(x), 0.5)
     assert den.shape == x.shape and bool(torch.isfinite(den).all())
+
+
+# -- matrix-form evaluation (scalar, diagonal, shared-basis covariances) against the dense eigen path --
+# Tolerances follow the rounding of the expanded square. With z = x - ref (ref the mixture mean), every
+# term of (x - m_i)^T C_i^{-1} (x - m_i) is bounded by (|z| + max_i |m_i - ref|)^2 / e_min (e_min the
+# smallest eigenvalue of any C_i) and a dot product of length d carries a relative error of at most
+# d eps, so each component's l_i = log w_i + log N(x; m_i, C_i) agrees within
+# t_i = (d + 4) eps ((|z| + max_j |m_j - ref|)^2 / e_min + |l_i|) (both sides and the final rounding);
+# log p = logsumexp_i l_i within t_p = sum_i r_i t_i; responsibilities r_i within r_i (t_i + t_p); a
+# field v = sum_i r_i v_i within sum_i r_i |v_i - v| (t_i + t_p) (its derivative in l_i is
+# r_i (v_i - v)) plus the rounding of the combination, (d + 4) eps ((|z| + max_j |m_j - ref|) / e_min +
+# max_i |v_i|).
+SIGMA_CASES = ("zero", "scalar", "per-row", "equal-per-row")
+
+
+def sigma_case(case: str, n: int, dtype=F64):
+    if case == "zero":
+        return 0.0
+    if case == "scalar":
+        return 0.7
+    if case == "equal-per-row":  # a tensor whose values are all equal takes the one-level path
+        return torch.full((n,), 0.7, dtype=dtype)
+    return torch.logspace(-2, 1, n, dtype=dtype)
+
+
+def dense_reference(prior: GaussianMixture) -> GaussianMixture:
+    """The same mixture with explicit (K, d, d) covariances, evaluated by the per-component eigen path."""
+    ref = GaussianMixture(prior.means.to(F64), prior.weights.to(F64), prior.covariance_matrices().to(F64))
+    assert ref.covariance_type == "full" and ref.shared_basis is None
+    return ref
+
+
+def dense_components(ref: GaussianMixture, x: torch.Tensor, sigma):
+    """Per component of the dense reference: ``l_i`` (n, K), denoisers and scores (n, K, d)."""
+    n = x.shape[0]
+    s = torch.as_tensor(sigma, dtype=F64).expand(n)
+    xf = x.reshape(n, -1).to(F64)
+    logits, dens, scores = [], [], []
+    for i in range(ref.num_components):
+        one = Gaussian(ref.means[i].reshape(-1), ref.covariance_matrices()[i])
+        logits.append(ref.log_weights[i] + one.log_prob(xf, s))
+        dens.append(one.denoise(xf, s) if bool((s > 0).all()) else xf)
+        scores.append(one.score(xf, s))
+    return torch.stack(logits, 1), {"denoise": torch.stack(dens, 1), "score": torch.stack(scores, 1)}
+
+
+def rounding_tolerances(prior: GaussianMixture, x: torch.Tensor, sigma, logits: torch.Tensor, eps: float):
+    """Tolerances ``(t_p (n,), t_r (n, K), field)`` (see the comment above); ``field(fields)`` takes the
+    per-component fields (n, K, d) of the reference."""
+    n, d = x.shape[0], prior.dim
+    s2 = torch.as_tensor(sigma, dtype=F64).expand(n) ** 2
+    e_min = prior.covariance_eigenvalues.to(F64).min() + s2
+    mu = prior.mean().reshape(-1).to(F64)
+    spread = (prior.means.reshape(prior.num_components, -1).to(F64) - mu).norm(dim=1).max()
+    reach = (x.reshape(n, -1).to(F64) - mu).norm(dim=1) + spread
+    t_i = (d + 4) * eps * ((reach**2 / e_min)[:, None] + logits.abs())
+    r = torch.softmax(logits, 1)
+    t_p = (r * t_i).sum(1)
+    t_r = r * (t_i + t_p[:, None])
+
+    def t_field(fields):
+        v = (r[:, :, None] * fields).sum(1, keepdim=True)
+        moved = (fields - v).abs().amax(2)
+        return (t_r * moved).sum(1) + (d + 4) * eps * (reach / e_min + fields.abs().amax((1, 2)))
+
+    return t_p, t_r, t_field
+
+
+def assert_within(actual, expected, tol, what):
+    n = actual.shape[0]
+    err = (actual.to(F64) - expected.to(F64)).reshape(n, -1).abs()
+    tol = tol.reshape(n, -1)
+    assert bool((err <= tol).all()), f"{what}: max error / tolerance {float((err / tol).max()):.3g}"
+
+
+def check_against_dense(prior, x, sigma, eps):
+    ref = dense_reference(prior)
+    x64 = x.to(F64)
+    s64 = sigma if isinstance(sigma, float) else sigma.to(F64)
+    logits, fields = dense_components(ref, x64, s64)
+    t_p, t_r, t_field = rounding_tolerances(prior, x, s64, logits, eps)
+    assert_within(prior.log_prob(x, sigma), ref.log_prob(x64, s64), t_p, "log_prob")
+    assert_within(prior.responsibilities(x, sigma), ref.responsibilities(x64, s64), t_r, "responsibilities")
+    modes = ("score",) if isinstance(sigma, float) and sigma == 0.0 else ("score", "denoise")
+    for mode in modes:
+        out = getattr(prior, mode)(x, sigma)
+        assert out.dtype == prior.dtype and out.shape == x.shape
+        assert_within(out, getattr(ref, mode)(x64, s64), t_field(fields[mode]), mode)
+
+
+def with_midpoints(prior: GaussianMixture, x: torch.Tensor) -> torch.Tensor:
+    """``x`` and points between pairs of means (responsibilities far from 0 and 1)."""
+    m = prior.means.to(x.dtype)
+    return torch.cat([x, 0.5 * (m + m.roll(1, 0)), 0.6 * m + 0.4 * m.roll(2, 0)])
+
+
+@pytest.mark.parametrize("kind", ["scalar", "diagonal"])
+@pytest.mark.parametrize("case", SIGMA_CASES)
+def test_matrix_form_matches_dense_float64(kind, case):
+    prior = mixture(kind, (1, 2, 3), k=4)
+    x = with_midpoints(prior, noised_points(prior, 1.0, 9))
+    n = x.shape[0]
+    check_against_dense(prior, x, sigma_case(case, n), torch.finfo(F64).eps)
+    # far from every mode (the responsibilities saturate, the expanded square is large)
+    check_against_dense(prior, 30.0 + x, sigma_case(case, n), torch.finfo(F64).eps)
+
+
+def offset_mixture(kind: str, offset: float, d: int = 16, k: int = 4) -> GaussianMixture:
+    """Unit-scale modes about ``offset`` from the origin (every coordinate), exact in float32."""
+    gen = torch.Generator().manual_seed(3)
+    means = (offset + 1.5 * torch.randn(k, d, generator=gen, dtype=F64)).float()
+    weights = (0.5 + torch.rand(k, generator=gen, dtype=F64)).float()
+    cov = torch.ones(k).float() if kind == "scalar" else (0.5 + torch.rand(k, d, generator=gen)).float()
+    return GaussianMixture(means, weights, cov)
+
+
+def offset_points(p32: GaussianMixture) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(4)
+    x = p32.sample(12, seed=gen) + 0.5 * torch.randn(12, p32.dim, generator=gen)
+    return with_midpoints(p32, x)
+
+
+@pytest.mark.parametrize("kind", ["scalar", "diagonal"])
+@pytest.mark.parametrize("case", SIGMA_CASES)
+@pytest.mark.parametrize("offset", [20.0, 200.0])
+def test_matrix_form_float32_far_from_the_origin(kind, case, offset):
+    p32 = offset_mixture(kind, offset)
+    x = offset_points(p32)
+    check_against_dense(p32, x, sigma_case(case, x.shape[0], torch.float32), torch.finfo(torch.float32).eps)
+
+
+def test_expanded_square_without_centring_or_mean_term_is_rejected():
+    # The tolerances above reject (a) the expanded square without the |m_i|^2 term and (b) in float32,
+    # the expanded square about the origin instead of the mixture mean (cancellation of |x|^2 = 200^2 d),
+    # which a direct float32 evaluation and the prior's own meet.
+    p32 = offset_mixture("scalar", 200.0)
+    x = offset_points(p32)
+    ref = dense_reference(p32)
+    d, sigma = p32.dim, 0.7
+    e = p32.covariances + sigma**2  # (K,), float32
+    logp = ref.log_prob(x.double(), sigma)
+    logits, _ = dense_components(ref, x.double(), sigma)
+    t_p, _, _ = rounding_tolerances(p32, x, sigma, logits, torch.finfo(torch.float32).eps)
+    m = p32.means
+
+    def log_prob_from(dist):
+        comp = p32.log_weights - 0.5 * (dist / e + d * torch.log(e) + d * math.log(2 * math.pi))
+        return torch.logsumexp(comp, 1)
+
+    assert_within(log_prob_from((x[:, None, :] - m).pow(2).sum(-1)), logp, t_p, "direct float32")
+    assert_within(p32.log_prob(x, sigma), logp, t_p, "log_prob")
+    uncentred = (x * x).sum(1, keepdim=True) - 2 * x @ m.T + (m * m).sum(1)
+    with pytest.raises(AssertionError, match="uncentred"):
+        assert_within(log_prob_from(uncentred), logp, t_p, "uncentred")
+    x64, m64 = x.double(), m.double()
+    no_mean_term = (x64 * x64).sum(1, keepdim=True) - 2 * x64 @ m64.T
+    comp = p32.log_weights.double() - 0.5 * (no_mean_term / e.double() + d * torch.log(e.double()))
+    err = (torch.logsumexp(comp - 0.5 * d * math.log(2 * math.pi), 1) - logp).abs()
+    assert bool((err > 1e3 * t_p).all())
+
+
+def test_diagonal_per_row_sigma_in_blocks(monkeypatch):
+    # per-row levels with diagonal covariances go through (rows, K, d) blocks: check the block seams
+    prior = mixture("diagonal", (5,), k=3)
+    sigma = torch.logspace(-2, 1, 11, dtype=F64)
+    x = noised_points(prior, sigma, 11)
+    whole = prior.denoise(x, sigma), prior.log_prob(x, sigma), prior.score(x, sigma)
+    monkeypatch.setattr(GaussianMixture, "_block_elements", 2 * 3 * 5)  # blocks of 2 rows
+    blocks = prior.denoise(x, sigma), prior.log_prob(x, sigma), prior.score(x, sigma)
+    for a, b in zip(whole, blocks, strict=True):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    check_against_dense(prior, x, sigma, torch.finfo(F64).eps)
+
+
+@pytest.mark.parametrize("kind", ["scalar", "diagonal"])
+def test_denoise_vjp_matches_dense(kind):
+    # the samplers differentiate the denoiser: vector-Jacobian products agree with the dense path
+    prior = mixture(kind, (4,), k=3)
+    ref = dense_reference(prior)
+    for sigma in (0.3, torch.linspace(0.2, 2.0, 6, dtype=F64)):
+        x = noised_points(prior, sigma, 6)
+        v = torch.randn(x.shape, generator=torch.Generator().manual_seed(5), dtype=F64)
+        grads = []
+        for p in (prior, ref):
+            xr = x.clone().requires_grad_(True)
+            (g,) = torch.autograd.grad((p.denoise(xr, sigma) * v).sum(), xr)
+            grads.append(g)
+        torch.testing.assert_close(grads[0], grads[1], atol=1e-12, rtol=1e-10)
+
+
+# -- exact posterior with a shared eigenbasis -----------------------------------------------------------
+def reference_posterior(prior: GaussianMixture, A: torch.Tensor, y: torch.Tensor, r: torch.Tensor):
+    """The exact posterior the textbook way, with torch.linalg on the dense (K, d, d) covariances:
+    ``S_i = R + A Sigma_i A^T``, ``K_i = Sigma_i A^T S_i^{-1}``, returned as a dense-full mixture, and
+    the log evidence ``log sum_i w_i N(y; A m_i, S_i)``."""
+    Sig = prior.covariance_matrices()
+    m = prior.means.reshape(prior.num_components, -1)
+    S = A @ Sig @ A.T + torch.diag(r)
+    gain = Sig @ A.T @ torch.linalg.inv(S)
+    cov = Sig - gain @ A @ Sig
+    means = m + (gain @ (y - m @ A.T)[..., None])[..., 0]
+    log_lik = MultivariateNormal(m @ A.T, S).log_prob(y)
+    log_z = torch.logsumexp(prior.log_weights + log_lik, 0)
+    post = GaussianMixture(
+        means.reshape(prior.means.shape), torch.exp(prior.log_weights + log_lik - log_z), 0.5 * (cov + cov.mT)
+    )
+    return post, log_z
+
+
+def shared_problem(prior: GaussianMixture, m: int, sigma_y=0.4, rank: int | None = None, seed: int = 8):
+    gen = torch.Generator().manual_seed(seed)
+    d = prior.dim
+    A = torch.randn(m, d, generator=gen, dtype=F64) / math.sqrt(d)
+    if rank is not None:  # rank-deficient: repeated rows
+        A = A[torch.arange(m) % rank]
+    op = Matrix(A, in_shape=prior.event_shape)
+    noise = GaussianNoise(sigma_y)
+    y = noise.sample(op(prior.sample(1, seed=gen)), gen)[0]
+    return InverseProblem(op, noise, y), A
+
+
+@pytest.mark.parametrize(("m", "rank"), [(1, None), (3, None), (6, None), (9, None), (5, 2)])
+def test_shared_basis_posterior_matches_textbook(m, rank):
+    prior = GaussianMixture(
+        mixture("scalar", (1, 2, 3), k=4).means,
+        torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=F64),
+        torch.tensor([0.5, 1.0, 2.0, 0.8], dtype=F64),
+    )
+    problem, A = shared_problem(prior, m, rank=rank)
+    post = prior.posterior(problem)
+    assert post.covariance_type == "full" and post.shared_basis is not None
+    assert post.shared_basis.shape == (6, 6) and post.covariance_eigenvalues.shape == (4, 6)
+    ref, ref_log_z = reference_posterior(prior, A, problem.y.reshape(-1), torch.full((m,), 0.16, dtype=F64))
+    tol = dict(atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(prior.log_evidence(problem), ref_log_z, **tol)
+    torch.testing.assert_close(post.means, ref.means, **tol)
+    torch.testing.assert_close(post.weights, ref.weights, **tol)
+    torch.testing.assert_close(post.covariance_matrices(), ref.covariance_matrices(), **tol)
+    torch.testing.assert_close(post.covariances, ref.covariances, **tol)
+    torch.testing.assert_close(post.mean(), ref.mean(), **tol)
+    torch.testing.assert_close(post.covariance(), ref.covariance(), **tol)
+    for got, want in zip(post.location_scale(), ref.location_scale(), strict=True):
+        torch.testing.assert_close(got, want, **tol)
+    assert abs(post.smallest_std() - ref.smallest_std()) <= 1e-12
+    x = noised_points(ref, 1.0, 8)
+    for sigma in (0.0, 0.5, torch.logspace(-2, 1, 8, dtype=F64)):
+        check_against_dense(post, x, sigma, torch.finfo(F64).eps)
+        torch.testing.assert_close(post.noised(0.3).log_prob(x, 0.0), ref.log_prob(x, 0.3), **tol)
+    # Bayes' rule at any x
+    expected = prior.log_prob(x) + problem.log_likelihood(x) - prior.log_evidence(problem)
+    torch.testing.assert_close(post.log_prob(x), expected, atol=1e-10, rtol=1e-12)
+
+
+def test_shared_basis_posterior_samples_and_wrong_eigenvalues_are_rejected():
+    prior = GaussianMixture(
+        torch.tensor([[-2.0, 0.0, 1.0], [2.0, 1.0, -1.0]], dtype=F64),
+        torch.tensor([0.4, 0.6], dtype=F64),
+        torch.tensor([1.0, 2.0], dtype=F64),
+    )
+    A = torch.tensor([[1.0, 2.0, 0.0], [0.0, 1.0, 1.0]], dtype=F64)
+    problem = InverseProblem(Matrix(A), GaussianNoise(0.3), torch.tensor([0.5, 1.5], dtype=F64))
+    post = prior.posterior(problem)
+    ref, _ = reference_posterior(prior, A, problem.y, torch.full((2,), 0.09, dtype=F64))
+    # exact draws: mean and covariance entries within 5 Monte-Carlo standard errors (as above)
+    n = 40_000
+    x = post.sample(n, seed=0)
+    mu, cov = ref.mean(), ref.covariance()
+    assert bool(((x.mean(0) - mu).abs() <= 5 * (torch.diagonal(cov) / n).sqrt()).all())
+    prod = (x - mu)[:, :, None] * (x - mu)[:, None, :]
+    assert bool(((prod.mean(0) - cov).abs() <= 5 * prod.std(0) / math.sqrt(n)).all())
+    r = ref.responsibilities(x)
+    assert bool(((r.mean(0) - ref.weights).abs() <= 5 * r.std(0) / math.sqrt(n)).all())
+    # Eigenvalues on the wrong side (the row space of A swapped with its complement) fail both checks.
+    q, lam = post.shared_basis, post.covariance_eigenvalues
+    wrong = GaussianMixture._from_parts(
+        post._means, post.log_weights, "shared", lam.flip(1), (3,), 1e-3, 10.0, basis=q
+    )
+    assert float((wrong.covariance_matrices() - ref.covariance_matrices()).abs().max()) > 0.1
+    xw = wrong.sample(n, seed=0)
+    prod = (xw - mu)[:, :, None] * (xw - mu)[:, None, :]
+    assert not bool(((prod.mean(0) - cov).abs() <= 5 * prod.std(0) / math.sqrt(n)).all())
+    xs = noised_points(ref, 1.0, 8)
+    expected = ref.log_prob(xs, 0.5)
+    t_p, _, _ = rounding_tolerances(post, xs, 0.5, dense_components(ref, xs, 0.5)[0], torch.finfo(F64).eps)
+    assert_within(post.log_prob(xs, 0.5), expected, t_p, "log_prob")
+    with pytest.raises(AssertionError, match="log_prob"):
+        assert_within(wrong.log_prob(xs, 0.5), expected, t_p, "log_prob")
+
+
+def test_shared_basis_posterior_needs_no_dense_factorisation(monkeypatch):
+    prior = GaussianMixture.grid(40, num_components=9)
+    problem, _ = shared_problem(prior, 7)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a dense factorisation was called")
+
+    for name in ("eigh", "cholesky", "cholesky_ex", "inv", "solve_triangular"):
+        monkeypatch.setattr(torch.linalg, name, refuse)
+    post = prior.posterior(problem)
+    x = post.sample(5, seed=0)
+    for p in (post, post.noised(0.5), post.to(dtype=torch.float32)):
+        xp = x.to(p.dtype)
+        p.log_prob(xp), p.responsibilities(xp, 0.3), p.denoise(xp, 0.3), p.score(xp, 0.0), p.sample(3, seed=1)
+        assert p.shared_basis is not None and p.covariance_type == "full"
+    assert "covariance_type='full'" in repr(post)
+
+
+def test_shared_basis_float32_and_fallbacks():
+    prior = mixture("scalar", (5,), k=3)
+    problem, A = shared_problem(prior, 3)
+    post = prior.posterior(problem)
+    p32 = prior.to(dtype=torch.float32)
+    op32 = Matrix(A.float())
+    post32 = p32.posterior(InverseProblem(op32, GaussianNoise(0.4), problem.y.float()))
+    assert post32.dtype == torch.float32 and post32.shared_basis.dtype == torch.float32
+    x = noised_points(post, 0.5, 6)
+    # float32 parameters: A, y and the prior rounded to float32, then evaluated; relative 1e-5 covers it
+    torch.testing.assert_close(
+        post32.denoise(x.float(), 0.5).double(), post.denoise(x, 0.5), atol=1e-5, rtol=1e-5
+    )
+    torch.testing.assert_close(post32.log_prob(x.float()).double(), post.log_prob(x), atol=1e-4, rtol=1e-5)
+    back = post32.to(dtype=F64)
+    assert back.shared_basis.dtype == F64
+    # several noise levels or a diagonal prior: the dense path, same answer
+    sigma_y = torch.tensor([0.3, 0.4, 0.5], dtype=F64)
+    het = prior.posterior(InverseProblem(Matrix(A), GaussianNoise(sigma_y), problem.y))
+    assert het.shared_basis is None and het.covariance_type == "full"
+    ref_het, _ = reference_posterior(prior, A, problem.y, sigma_y**2)
+    torch.testing.assert_close(
+        het.covariance_matrices(), ref_het.covariance_matrices(), atol=1e-12, rtol=1e-12
+    )
+    # conditioning a shared-basis posterior again goes through its dense matrices
+    again = post.posterior(problem)
+    ref, _ = reference_posterior(prior, A, problem.y, torch.full((3,), 0.16, dtype=F64))
+    ref2, _ = reference_posterior(ref, A, problem.y, torch.full((3,), 0.16, dtype=F64))
+    torch.testing.assert_close(again.means, ref2.means, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(
+        again.covariance_matrices(), ref2.covariance_matrices(), atol=1e-12, rtol=1e-12
+    )
+
+
+def test_shared_basis_low_rank_split_and_isotropic_limit():
+    # a posterior under m <= d / 2 measurements is evaluated in the m observed directions plus an
+    # isotropic complement; a shared basis with no varying direction at all is a scalar mixture
+    prior = mixture("scalar", (8,), k=3)
+    problem, A = shared_problem(prior, 2)
+    post = prior.posterior(problem)
+    assert post._frame()[2] is not None and post._frame()[2][0].shape == (8, 2)
+    ref, _ = reference_posterior(prior, A, problem.y, torch.full((2,), 0.16, dtype=F64))
+    x = with_midpoints(ref, noised_points(ref, 1.0, 6))
+    for sigma in (0.0, 0.5, torch.logspace(-2, 1, x.shape[0], dtype=F64)):
+        check_against_dense(post, x, sigma, torch.finfo(F64).eps)
+    q, _ = torch.linalg.qr(torch.randn(8, 8, generator=torch.Generator().manual_seed(9), dtype=F64))
+    c = prior.covariances
+    iso = GaussianMixture._from_parts(
+        prior._means, prior.log_weights, "shared", c[:, None].expand(3, 8).clone(), (8,), 1e-3, 10.0, basis=q
+    )
+    assert iso._frame()[2][0].shape == (8, 0)
+    tol = dict(atol=1e-12, rtol=1e-12)
+    for sigma in (0.0, 0.5, torch.logspace(-2, 1, x.shape[0], dtype=F64)):
+        torch.testing.assert_close(iso.log_prob(x, sigma), prior.log_prob(x, sigma), **tol)
+        torch.testing.assert_close(iso.score(x, sigma), prior.score(x, sigma), **tol)
+    torch.testing.assert_close(iso.denoise(x, 0.5), prior.denoise(x, 0.5), **tol)

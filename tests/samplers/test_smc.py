@@ -101,9 +101,9 @@ class TDSWithoutTwistDenominator(post.samplers.TDS):
     """TDS whose weight increment omits ``- log psi_sigma(x)``, the previous step's twist: the twists of
     all levels multiply up instead of telescoping."""
 
-    def propagate(self, ctx, problem, prior, x, cache, sigma, sigma_next, generator):
+    def propagate(self, ctx, problem, prior, x, cache, sigma, sigma_next, generator, runs):
         x_next, new, increment = super().propagate(
-            ctx, problem, prior, x, cache, sigma, sigma_next, generator
+            ctx, problem, prior, x, cache, sigma, sigma_next, generator, runs
         )
         return x_next, new, increment + cache["log_psi"]
 
