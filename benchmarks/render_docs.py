@@ -362,6 +362,7 @@ TABLES = {  # name -> (JSON files under docs/results, renderer of their rows poo
     "smc-particles": (("smc-particles",), lambda data: gmm(data, "particles")),
     "smc-budget": (("smc-budget",), lambda data: gmm(data, "particles")),
     "gmm-grid": (("gmm-grid",), gmm_grid),
+    "gmm-grid-800": (("gmm-grid-800",), gmm_grid),
     "mcmc": (("mcmc",), lambda data: gmm(data, "steps")),
     "mcmc-digits": (("mcmc-digits",), mcmc_digits),
     "calibration-separated": (("calibration-separated",), calibration),

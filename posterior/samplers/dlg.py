@@ -54,7 +54,7 @@ from posterior.samplers.base import Sampler, one_y_per_chain
 from posterior.samplers.guidance import posterior_tweedie
 from posterior.samplers.kernel import Info, Kernel
 from posterior.samplers.langevin import LikelihoodSurrogate, damping_scale, lml_step
-from posterior.samplers.lml import smc_starts
+from posterior.samplers.population import smc_starts
 from posterior.samplers.resampling import draw_categorical, uniforms
 from posterior.samplers.settings import NON_NEGATIVE, POSITIVE, at_least
 from posterior.utils import per_row, randn

@@ -95,6 +95,17 @@ class Kernel:
         return k
 
 
+def run_to_end(kernel: Kernel, generator: torch.Generator) -> tuple[Tensor, dict]:
+    """Run ``kernel`` from ``init`` to ``finish`` without a driver (no progress, checkpoints or callback):
+    a kernel composed inside another kernel's step or ``init``, whose driver owns those. A
+    :class:`Divergence` propagates to that driver."""
+    state, k = kernel.init(generator), 0
+    while not kernel.finished(state, k):
+        state, _ = kernel.step(state, k, generator)
+        k += 1
+    return kernel.finish(state, generator)
+
+
 def state_fields(state) -> dict:
     """A state's fields as a dict (what checkpoints hold; shallow: the tensors are shared)."""
     return {field.name: getattr(state, field.name) for field in dataclasses.fields(state)}

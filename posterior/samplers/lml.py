@@ -53,36 +53,11 @@ from posterior.samplers.base import Sampler
 from posterior.samplers.guidance import posterior_tweedie
 from posterior.samplers.kernel import Info, Kernel
 from posterior.samplers.langevin import LikelihoodSurrogate, damping_scale, lml_correct
-from posterior.samplers.resampling import inverse_cdf, uniforms
+from posterior.samplers.population import smc_starts
 from posterior.samplers.settings import NON_NEGATIVE, POSITIVE, RHO, Range, at_least
 from posterior.utils import randn
 
 STARTS = ("smc", "anneal")  # LML: an SMC population then the last level, or the annealing alone
-
-
-def smc_starts(problem, prior, runs: int, per_run: int, particles: int, steps: int, generator) -> Tensor:
-    """``runs * per_run`` draws (run-major) at ``sigma = 0`` from ``runs`` AFDPS populations of
-    ``particles`` particles each (``steps`` levels), ``per_run`` drawn from each run's weighted particles
-    by systematic resampling.
-
-    ``problem``'s ``y`` is one (not batched) or one per run (``runs`` rows). The AFDPS kernel is driven
-    here with the caller's counting ``prior`` and ``generator``, so its NFE and draws are the caller's; a
-    broken run raises :class:`~posterior.samplers.kernel.Divergence` (the caller's driver reports it)."""
-    from posterior.samplers.afdps import AFDPS  # afdps imports the SMC core, which imports base
-
-    if problem.batched:
-        problem = InverseProblem(problem.operator, problem.noise, problem.y.repeat_interleave(particles, 0))
-    kernel = AFDPS(steps=steps).build_kernel(problem, prior, runs, particles)
-    state, k = kernel.init(generator), 0
-    while not kernel.finished(state, k):
-        state, _ = kernel.step(state, k, generator)
-        k += 1
-    x, trace = kernel.finish(state, generator)
-    W = torch.softmax(trace["log_weights"].double(), dim=-1)  # (runs, particles)
-    u = uniforms((runs, 1), generator, W.device) + torch.arange(per_run, dtype=W.dtype, device=W.device)
-    picked = inverse_cdf(W, u / per_run)  # (runs, per_run): systematic, so the draws follow W closely
-    rows = picked + particles * torch.arange(runs, device=W.device)[:, None]
-    return x[rows.reshape(-1).to(x.device)]
 
 
 def reshape_direction(g: Tensor, g_previous: Tensor | None, kappa: float, lam: float) -> Tensor:

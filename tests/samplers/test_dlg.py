@@ -327,7 +327,7 @@ def test_smc_start_gives_the_exact_mode_weights(variant, passes, monkeypatch):
     prior, problem, exact = separated_problem()
     start = "guided" if variant == "broken: guided start" else "smc"
     if variant == "broken: every chain from one particle":
-        monkeypatch.setattr(post.samplers.lml, "inverse_cdf", one_particle)
+        monkeypatch.setattr(post.samplers.population, "inverse_cdf", one_particle)
     sampler = post.samplers.DenoisingLangevinGibbs(
         burn_in=20, thin=2, ode_steps=4, start=start, start_particles=10, start_steps=200
     )

@@ -296,7 +296,7 @@ def test_smc_start_gives_the_exact_mode_weights(variant, passes, monkeypatch):
     prior, problem, exact = separated_problem()
     start = "anneal" if variant == "broken: annealed start" else "smc"
     if variant == "broken: every draw from one particle":
-        monkeypatch.setattr(post.samplers.lml, "inverse_cdf", one_particle)
+        monkeypatch.setattr(post.samplers.population, "inverse_cdf", one_particle)
     sampler = post.samplers.LevenbergMarquardtLangevin(
         steps=50, corrector_steps=2, start=start, start_particles=1, start_steps=200
     )

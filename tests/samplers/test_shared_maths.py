@@ -12,7 +12,13 @@ from hypothesis import strategies as st
 import operators as ops
 import posterior as post
 from posterior.priors import Gaussian
-from posterior.priors.integrators import ancestral_moments, ancestral_step, flow_velocity, heun_step
+from posterior.priors.integrators import (
+    ancestral_moments,
+    ancestral_step,
+    flow_velocity,
+    heun_step,
+    x0_variance,
+)
 from posterior.samplers.guidance import pigdm_variance, posterior_tweedie, tempering
 from posterior.samplers.langevin import Preconditioner
 from posterior.samplers.linear_gaussian import LinearGaussianSVD, isotropic_log_density
@@ -225,3 +231,39 @@ def test_the_preconditioner_is_the_inverse_of_its_dense_matrix(d, k, lam, seed):
     assert torch.allclose(P.sqrt(P.sqrt(u)), P.apply(u))
     assert torch.allclose(P.quadratic_inverse(u), ((u @ torch.linalg.inv(dense)) * u).sum(1))
     assert torch.allclose(P.log_det_inverse(d), -torch.logdet(dense))
+
+
+@SETTINGS
+@given(st.floats(0.05, 20), st.floats(0.0, 0.95), st.floats(0.1, 5))
+def test_the_widened_bridge_is_the_exact_reverse_step_of_gaussian_data(sigma, fraction, data_std):
+    """For x0 ~ N(0, s^2 I), ``x_sigma' | x_sigma`` is Gaussian with variance ``(s^2 + sigma'^2) -
+    (s^2 + sigma'^2)^2 / (s^2 + sigma^2)``; the bridge widened by ``Var[x0 | x_sigma] = sigma^2 s^2 /
+    (s^2 + sigma^2)`` has it, the plain DDPM step does not."""
+    s2, sn2, v2 = data_std**2, (fraction * sigma) ** 2, sigma**2
+    exact = (s2 + sn2) - (s2 + sn2) ** 2 / (s2 + v2)
+    x = torch.zeros(1, 1, dtype=torch.float64)
+    sigma_t, next_t = (
+        torch.tensor(sigma, dtype=torch.float64),
+        torch.tensor(fraction * sigma, dtype=torch.float64),
+    )
+    _, widened = ancestral_moments(x, x, sigma_t, next_t, v2 * s2 / (s2 + v2))
+    _, plain = ancestral_moments(x, x, sigma_t, next_t)
+    assert math.isclose(float(widened), exact, rel_tol=1e-9, abs_tol=1e-12)
+    assert float(plain) < exact  # the DDPM step is too narrow by (1 - r)^2 Var[x0 | x_sigma]
+
+
+def test_x0_variance_estimates_the_posterior_variance_of_gaussian_data():
+    """Particles x_sigma of N(0, s^2 I) data: the estimate is ``sigma^2 s^2 / (s^2 + sigma^2)`` within 4
+    Monte-Carlo standard errors (of the mean of ``|x - D(x)|^2 / d``: 50000 particles per run), one value
+    per run."""
+    s2, sigma = 0.64, torch.tensor(1.5, dtype=torch.float64)
+    prior = Gaussian(torch.zeros(4, dtype=torch.float64), s2)
+    g = torch.Generator().manual_seed(0)
+    n = 50_000
+    x = (s2 + sigma**2).sqrt() * torch.randn(2 * n, 4, generator=g, dtype=torch.float64)
+    x0_hat = prior.denoise(x, sigma)
+    c = x0_variance(x, x0_hat, sigma, runs=2)
+    assert c.shape == (2 * n,) and torch.equal(c[:n], c[:1].expand(n))
+    exact = float(sigma**2 * s2 / (s2 + sigma**2))
+    se = float(((x - x0_hat) ** 2).sum(1).div(4).std()) / n**0.5
+    assert abs(float(c[0]) - exact) < 4 * se and abs(float(c[-1]) - exact) < 4 * se
