@@ -36,7 +36,6 @@ S = post.samplers
 DRAWS, PER_CHAIN = 2000, 10
 
 
-
 def dlg(**kwargs):
     return S.DenoisingLangevinGibbs(burn_in=100, **kwargs)
 
@@ -67,7 +66,12 @@ def run(configs, dims, rows, instances, sigma_y, out: Path, command: str) -> dic
                 for name in configs:
                     make, per_chain = CONFIGS[name]
                     result = make().sample(
-                        gp.problem, gp.prior, per_chain, chains=DRAWS // per_chain, seed=gp.seed, progress=False
+                        gp.problem,
+                        gp.prior,
+                        per_chain,
+                        chains=DRAWS // per_chain,
+                        seed=gp.seed,
+                        progress=False,
                     )
                     draws = result.flat()
                     sw = post.metrics.sliced_wasserstein(draws, exact)

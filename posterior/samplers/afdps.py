@@ -79,6 +79,10 @@ class AFDPS(TwistedSampler):
         super().__post_init__()
         if self.proposal == "optimal" and self.twist not in ("auto", "noisy"):
             raise ValueError("AFDPS: proposal='optimal' needs twist='noisy'")
+        if self.kernel == "ode" and self.x0_uncertainty:
+            raise ValueError(
+                "AFDPS: x0_uncertainty widens the ancestral kernel; kernel='ode' has no variance to widen"
+            )
 
     def setup(self, problem, prior):
         twist = self.twist

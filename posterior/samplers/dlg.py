@@ -25,10 +25,11 @@ levels (``p(sigma)`` uniform over the grid, i.e. log-uniform in ``sigma``; ``p_s
 
 Every ``thin`` iterations after ``burn_in``, each chain's current state is mapped to a draw: the
 posterior probability-flow ODE (Karras Heun, ``ode_steps``) from its ``sigma`` down to the lowest
-level, then a posterior Tweedie step. Chains start (``start="smc"``, the default) from draws of an
-AFDPS population noised to the lowest level, which gives them the posterior's mode weights, or
-(``"guided"``) from a guided reverse integration (ancestral steps with the posterior score) from the
-prior's ``sigma_max``; they persist across draws, so the result's chains are Markov chains: ESS and R-hat (``to_arviz``) are meaningful.
+level, then a posterior Tweedie step. Chains start (``"guided"``, the default) from a guided reverse
+integration (ancestral steps with the posterior score) from the prior's ``sigma_max``, or
+(``start="smc"``) from draws of an AFDPS population noised to the lowest level, which gives them the
+posterior's mode weights (with ``sigma_posterior="classifier"`` the grid is the classifier's, whose
+top is not lowered); they persist across draws, so the result's chains are Markov chains: ESS and R-hat (``to_arviz``) are meaningful.
 
 Output: MCMC draws (correlated within a chain). Even with the exact score and the exact
 sigma-conditional, chains do not switch between well-separated modes at practical budgets: their

@@ -105,7 +105,8 @@ class LevenbergMarquardtLangevin(Sampler):
         count), noised exactly to the last level ``sigma_min``, then ``corrector_steps`` LML steps there
         and the Tweedie step: the annealing is replaced by the SMC population.
     start_particles, start_steps : int
-        Particles per draw and levels of the ``"smc"`` start's population.
+        Particles per draw and levels of the ``"smc"`` start's population. With one ``y`` per draw each
+        draw has its own population of ``start_particles``: raise it, or the weights play no part.
     """
 
     steps: int = 100
@@ -207,7 +208,14 @@ class LMLKernel(Kernel):
         if settings.start == "smc":  # one corrector step at the last level
             sigma = self.sigmas[-1]
             x, ok = lml_correct(
-                problem, prior, surrogate, state.x, sigma, settings.step_size, self.tau, generator,
+                problem,
+                prior,
+                surrogate,
+                state.x,
+                sigma,
+                settings.step_size,
+                self.tau,
+                generator,
                 settings.metropolis,
             )
             new = LMLState(x, None, state.accepted + ok, state.proposed + x.shape[0])

@@ -68,7 +68,9 @@ class ParticleSampler(Sampler):
     x0_uncertainty : bool
         Widen the prior's ancestral kernel by the variance of ``x0`` given ``x_sigma`` that the DDPM
         step leaves out, estimated per run from the particles (no NFE): a smaller discretisation error
-        at a given number of steps (``docs/smc.md``).
+        at a given number of steps (``docs/smc.md``). The kernel then adapts to the population, so the
+        weights are exact for the chain that the run builds as it goes, and ``log Z_hat`` is no longer
+        strictly unbiased. Not with ``group=``.
     """
 
     steps: int = 100
@@ -124,6 +126,11 @@ class ParticleSampler(Sampler):
 
     def build_kernel(self, problem, prior, chains, num_samples, group=None):
         one_y_per_chain(problem, chains, num_samples, type(self).__name__)  # refuses y varying in a run
+        if group is not None and self.x0_uncertainty:
+            raise ValueError(
+                f"{type(self).__name__}: x0_uncertainty estimates each run's variance from all its particles; "
+                "it is not supported with a run split across processes (group=)"
+            )
         shards = Shards(group, num_samples)
         problem = shards.rows(problem, chains)
         ctx = self.setup(problem, prior)
@@ -194,7 +201,15 @@ class SMCKernel(Kernel):
             target, depth, on_grid = queue[0]
             with torch.no_grad():
                 x, cache, increment = settings.propagate(
-                    self.ctx, self.problem, self.prior, state.x, state.cache, state.sigma, target, particles, B
+                    self.ctx,
+                    self.problem,
+                    self.prior,
+                    state.x,
+                    state.cache,
+                    state.sigma,
+                    target,
+                    particles,
+                    B,
                 )
             log_w = state.log_w + shards.gather(increment.double().reshape(B, shards.n))
             if depth >= settings.max_bisections or not bool((ess(log_w) < 0.5 * ess(state.log_w)).any()):

@@ -136,7 +136,9 @@ class TDSTwist(Twist):
     def at_noise(self, problem, prior, x, sigma):
         def log_psi(x0_hat):
             if self.lg is not None:
-                var = self.lg.tau2 + self.kappa * sigma**2 / (1 + sigma**2)  # kappa times pigdm_variance(sigma, 1)
+                var = self.lg.tau2 + self.kappa * sigma**2 / (
+                    1 + sigma**2
+                )  # kappa times pigdm_variance(sigma, 1)
                 return self.lg.log_potential(self.lg.coords(x0_hat), var) + self.lg.log_const
             return tempering(sigma, self.tau_ref) * problem.log_likelihood(x0_hat)
 
@@ -157,9 +159,12 @@ def guided_move(m: Tensor, v: Tensor, grad: Tensor, generator) -> tuple[Tensor, 
         return m, m.new_zeros(m.shape[0])
     n = m.shape[0]
     g = grad.reshape(n, -1)
-    vr = per_row(v, 2)  # a number, or one variance per particle
+    vr = per_row(v, 2)  # a number, or one variance per particle (rows with v = 0 do not move)
     limit = (vr * g.shape[1]).sqrt()
-    g = g * (limit / (vr * g.norm(dim=1, keepdim=True)).clamp(min=limit))
+    shift = (vr * g.norm(dim=1, keepdim=True)).clamp(min=limit)
+    g = g * torch.where(
+        shift > 0, limit / shift.clamp(min=torch.finfo(g.dtype).tiny), torch.zeros_like(shift)
+    )
     xi = randn(g.shape, generator, m.dtype, m.device)
     x = m + (vr * g + vr.sqrt() * xi).reshape(m.shape)
     log_ratio = -0.5 * v * (g**2).sum(1) - v.sqrt() * (g * xi).sum(1)

@@ -248,44 +248,11 @@ def test_runs_on_a_nonlinear_problem_and_checks_its_arguments():
             post.samplers.LevenbergMarquardtLangevin(**bad)
 
 
-def separated_problem():
-    """``GaussianMixture.grid(4, seed=0)`` (25 unit modes, spacing 8) with 2 rows, noise 0.5: the exact
-    posterior has 4 separated modes of weights 0.34, 0.33, 0.21, 0.11 (the rest below 0.01)."""
-    from posterior.priors import GaussianMixture
-
-    prior = GaussianMixture.grid(4, seed=0)
-    g = torch.Generator().manual_seed(0)
-    A = ops.Matrix(torch.randn(2, 4, generator=g, dtype=torch.float64) / 2)
-    noise = ops.GaussianNoise(0.5)
-    y = noise.sample(A(prior.sample(1, seed=g)), g)[0]
-    problem = post.InverseProblem(A, noise, y)
-    return prior, problem, prior.posterior(problem)
-
-
-def mode_weight_z(draws, exact, groups: int, particles: int) -> float:
-    """Largest ``|p_hat_k - w_k| / se_k`` over the modes, ``p_hat_k`` the fraction of ``draws`` assigned to
-    mode ``k`` (largest responsibility). The draws come in ``groups`` independent groups (chains whose
-    draws share a mode; independent draws for LML), each from a population of ``particles`` particles
-    in all: ``se_k^2 = v_k (1 / groups + 2 / particles)``, the multinomial variance of the groups plus
-    the population's (its weights' effective size taken as half its particles), ``v_k = w_k (1 - w_k)``
-    floored at ``1 / groups`` (one stray group in a mode of weight 0 is 1 standard error, not infinitely
-    many)."""
-    assign = exact.responsibilities(draws, 0.0).argmax(1)
-    p_hat = torch.bincount(assign, minlength=exact.num_components).double() / draws.shape[0]
-    w = exact.weights
-    se = ((w * (1 - w)).clamp(min=1 / groups) * (1 / groups + 2 / particles)).sqrt()
-    return float(((p_hat - w).abs() / se).max())
-
-
-def one_particle(W, u):  # broken: every draw is the population's first particle
-    return torch.zeros(u.shape, dtype=torch.long)
-
-
 @pytest.mark.parametrize(
     "variant, passes",
     [("smc", True), ("broken: annealed start", False), ("broken: every draw from one particle", False)],
 )
-def test_smc_start_gives_the_exact_mode_weights(variant, passes, monkeypatch):
+def test_smc_start_gives_the_exact_mode_weights(variant, passes, monkeypatch, separated_modes):
     """The separated problem (:func:`separated_problem`, as in ``test_dlg.py``: 4 modes of weight 0.34, 0.33, 0.21, 0.11): 1000 draws of
     LML with the SMC start (a population of 1 particle per draw, then 2 corrector steps at the last
     level) put the exact fractions on the modes within 4.5 standard errors (``mode_weight_z``, 1000
@@ -293,6 +260,7 @@ def test_smc_start_gives_the_exact_mode_weights(variant, passes, monkeypatch):
     taken from one particle are rejected by the same bar. The population has 200 levels (at 50, AFDPS's
     own discretisation error shows: max z 3.4-4.4 at seeds 0-2 with one particle per draw, 5.3-6.2 with
     two). Measured max z at seed 0: smc 2.6, annealed 51."""
+    separated_problem, mode_weight_z, one_particle = separated_modes
     prior, problem, exact = separated_problem()
     start = "anneal" if variant == "broken: annealed start" else "smc"
     if variant == "broken: every draw from one particle":

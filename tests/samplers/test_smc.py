@@ -490,3 +490,24 @@ def test_x0_uncertainty_shrinks_the_discretisation_error(monkeypatch):
     estimate = smc.x0_variance
     monkeypatch.setattr(smc, "x0_variance", lambda *args: 2 * estimate(*args))
     assert ratio(x0_uncertainty=True) > 3.0
+
+
+def test_x0_uncertainty_moves_runs_with_no_variance_left_without_nan():
+    """On the step to sigma = 0 the widened variance is the run's estimate alone, which may be 0 in one
+    run and not in another: the runs with 0 stay at the kernel's mean, the others move, nothing is NaN."""
+    m = torch.zeros(4, 3, dtype=torch.float64)
+    grad = torch.ones(4, 3, dtype=torch.float64)
+    x, log_ratio = twists.guided_move(
+        m, torch.tensor([0.0, 0.0, 1.0, 1.0], dtype=torch.float64), grad, torch.Generator().manual_seed(0)
+    )
+    assert bool(torch.isfinite(x).all()) and bool(torch.isfinite(log_ratio).all())
+    assert torch.equal(x[:2], m[:2]) and torch.equal(log_ratio[:2], torch.zeros(2, dtype=torch.float64))
+    assert not torch.equal(x[2:], m[2:])
+
+
+def test_x0_uncertainty_refuses_what_it_cannot_do(overlapping_problem):
+    prior, problem = overlapping_problem(2)
+    with pytest.raises(ValueError, match="not supported with a run split across processes"):
+        post.samplers.AFDPS(x0_uncertainty=True).build_kernel(problem, prior, 1, 4, group=object())
+    with pytest.raises(ValueError, match="kernel='ode' has no variance to widen"):
+        post.samplers.AFDPS(kernel="ode", x0_uncertainty=True)
