@@ -2,7 +2,7 @@
 
 For a :class:`~posterior.priors.GaussianMixture` (or ``Gaussian``) prior and ``y = A x + noise`` with
 Gaussian noise, ``prior.posterior(problem)`` is a Gaussian mixture in closed form; this sampler draws
-from it exactly, one problem per chain (or per draw) when ``y`` is batched. It takes no steps, so there
+from it exactly, one problem per chain (or per draw) when ``y`` is batched. It draws in one step, so there
 is nothing to checkpoint or resume. It is what every other sampler is
 graded against (``benchmarks/gmm.py``, ``posterior.diagnostics.calibrate``). Cost: no NFE.
 """
@@ -12,10 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
 
 from posterior.problem import InverseProblem
 from posterior.samplers.base import Sampler
-from posterior.samplers.kernel import Kernel
+from posterior.samplers.kernel import Info, Kernel
 
 
 @dataclass
@@ -36,12 +37,12 @@ class ExactPosterior(Sampler):
 
 @dataclass(frozen=True)
 class ExactState:
-    """Nothing: the draws are made at the end, in one go."""
+    x: Tensor | None  # (chains * num_samples, *event_shape): the draws, once made
 
 
 @dataclass
 class ExactKernel(Kernel):
-    """Exact draws for one problem (``y`` one per draw when batched); no steps."""
+    """Exact draws for one problem (``y`` one per draw when batched), in one step."""
 
     settings: ExactPosterior
     problem: InverseProblem
@@ -50,20 +51,25 @@ class ExactKernel(Kernel):
     num_samples: int
 
     State = ExactState
-    steps = 0
+    steps = 1
     checkpoints = False
 
     def init(self, generator):
-        return ExactState()
+        return ExactState(None)
 
-    def finish(self, state, generator):
+    def step(self, state, k, generator):
         problem, prior, draw = self.problem, self.prior, self.settings.draw
         if not problem.batched:
-            return draw(prior.posterior(problem), self.chains * self.num_samples, generator), {}
-        per_chain = problem.y.reshape(self.chains, self.num_samples, *problem.y.shape[1:])
-        if bool((per_chain == per_chain[:, :1]).all()):  # one measurement per chain
-            ys, size = per_chain[:, 0], self.num_samples
-        else:  # one per draw
-            ys, size = problem.y, 1
-        problems = [InverseProblem(problem.operator, problem.noise, y) for y in ys]
-        return torch.cat([draw(prior.posterior(p), size, generator) for p in problems]), {}
+            x = draw(prior.posterior(problem), self.chains * self.num_samples, generator)
+        else:
+            per_chain = problem.y.reshape(self.chains, self.num_samples, *problem.y.shape[1:])
+            if bool((per_chain == per_chain[:, :1]).all()):  # one measurement per chain
+                ys, size = per_chain[:, 0], self.num_samples
+            else:  # one per draw
+                ys, size = problem.y, 1
+            problems = [InverseProblem(problem.operator, problem.noise, y) for y in ys]
+            x = torch.cat([draw(prior.posterior(p), size, generator) for p in problems])
+        return ExactState(x), Info(0.0, check=(x,))
+
+    def finish(self, state, generator):
+        return state.x, {}

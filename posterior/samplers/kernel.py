@@ -21,6 +21,7 @@ level, which tensors must be finite and what a callback sees; a step that finds 
 from __future__ import annotations
 
 import dataclasses
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import ClassVar
 
@@ -61,7 +62,7 @@ class Divergence(Exception):
         self.sigma, self.what, self.hint = sigma, what, hint
 
 
-class Kernel:
+class Kernel(ABC):
     """A sampler's update rule bound to one problem: ``init``, a pure ``step`` and ``finish``.
 
     Subclasses set ``State`` (the frozen dataclass of their state, rebuilt from checkpoints) and
@@ -70,21 +71,21 @@ class Kernel:
 
     State: ClassVar[type]
     steps: int
-    checkpoints: ClassVar[bool] = True  # False: a kernel without steps, nothing to checkpoint or resume
+    checkpoints: ClassVar[bool] = True  # False: nothing worth a checkpoint (exact draws in one step)
 
+    @abstractmethod
     def init(self, generator: torch.Generator):
         """The state before the first step."""
-        raise NotImplementedError
 
+    @abstractmethod
     def step(self, state, k: int, generator: torch.Generator) -> tuple[object, Info]:
         """Step ``k`` (0-based): the new state and its :class:`Info`."""
-        raise NotImplementedError
 
+    @abstractmethod
     def finish(self, state, generator: torch.Generator) -> tuple[Tensor, dict]:
         """The draws, shape ``(chains * num_samples, *event_shape)`` chain-major, and the trace (a dict
         of tensors; a ``"log_weights"`` entry of shape ``(chains, num_samples)`` becomes the result's
         importance weights)."""
-        raise NotImplementedError
 
     def finished(self, state, k: int) -> bool:
         """Whether the run is over after ``k`` steps (default: ``k == steps``)."""

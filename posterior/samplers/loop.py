@@ -120,7 +120,7 @@ class Loop:
         else:
             start, state = self.load(self.resume_from)
         self.last_good = self.snapshot(start, state)
-        if self.progress and total > 0:  # a sampler without steps (exact draws) shows none
+        if self.progress:
             from tqdm import tqdm  # the plain bar: one text line, also in Jupyter (no widget)
 
             done = shown(start, state)
