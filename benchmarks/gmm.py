@@ -16,9 +16,12 @@ Usage::
     python benchmarks/gmm.py afdps mcgdiff tds --steps 100 --particles 16 256 4096 --num-samples 2048
     python benchmarks/gmm.py afdps tds mcgdiff --grid --instances 3 --steps 100 --particles 2000
     python benchmarks/gmm.py afdps tds mcgdiff --grid --dims 8 --rows 1 2 4   # a quick subset
+    python benchmarks/gmm.py exact afdps afdps-ddpm --grid --dims 8 80 --repeats 4 --runs 0
 
 ``oracle`` runs the exact posterior's denoiser through the same ancestral steps: the error that the
-time discretisation alone leaves, a reference for every sampler at equal NFE.
+time discretisation alone leaves, a reference for every sampler at equal NFE. ``exact`` is N exact
+draws (the metric's own spread), ``exact-ess50`` N/2 exact draws each taken twice (the best that a
+weighted run with an effective sample size of N/2 can do once resampled).
 
 ``--grid``: the mixture protocol of MCGdiff (Cardoso et al. 2023, as their released experiment sets it
 up), every sampler on every cell ``d`` in ``--dims`` (8, 80, 800) times ``d_y`` in ``--rows`` (1, 2, 4),
@@ -41,8 +44,14 @@ particles. The evidence check makes ``--runs R`` further independent runs (one `
 pools their estimates ``log Z_r = trace["log_evidence"][-1]`` as ``log mean_r exp(log Z_r)`` with the
 standard error of that log-mean-exp from the spread over runs (delta method: the standard error of
 the mean of ``Z_r / max Z`` divided by that mean), and reports ``z = (pooled - log p(y)) / s.e.``.
-Per sampler: the worst and median ``SW/floor`` over all cells and instances. The JSON (``--out``) is
-rewritten after every call, so a long run can be inspected while it goes.
+Per sampler: the worst and median ``SW/floor`` over all cells and instances, and the worst single
+call. ``--repeats K`` makes K calls per instance with different seeds and grades an instance by their
+mean ratio (the evidence check runs with the first). Variants of the default AFDPS: ``afdps-ddpm``
+(``x0_uncertainty=False``: the unwidened DDPM kernel, the default before), ``afdps-rho3`` (``rho = 3``),
+``afdps-4runs`` (the particles split into 4 runs whose draws are pooled by their evidence estimates),
+``afdps-ess08`` (``ess_threshold=0.8``), ``afdps-bisect`` (``max_bisections=2``); ``tds-x0u`` and
+``mcgdiff-x0u`` are TDS and MCGdiff with ``x0_uncertainty=True``. The JSON (``--out``) is rewritten
+after every call, so a long run can be inspected while it goes.
 
 Prints a table and writes JSON (``--out``) with the command line that produced it; the JSON behind
 the tables of ``docs/benchmarks.md`` lives in ``docs/results/`` (``benchmarks/render_docs.py``). Never
@@ -70,6 +79,7 @@ import posterior as post
 from posterior import metrics
 from posterior.diagnostics import ConvergenceWarning
 from posterior.priors import GaussianMixture
+from posterior.samplers.resampling import resample_indices
 from posterior.utils import write_json
 
 
@@ -86,8 +96,28 @@ class OracleAncestral:
         return post.PosteriorSamples(x[None], nfe=self.steps, wall_time=time.perf_counter() - start)
 
 
+@dataclass
+class ExactDraws:
+    """A reference, not a sampler: ``fraction * N`` exact posterior draws, each repeated to make ``N``.
+    With ``fraction = 1`` it measures the metric's own spread (exact against exact); with ``fraction < 1``
+    it is the best that a weighted run whose effective sample size is ``fraction * N`` can do once
+    resampled to ``N`` draws."""
+
+    steps: int
+    fraction: float = 1.0
+
+    def sample(self, problem, prior, num_samples, *, seed, progress, chains=1):
+        start = time.perf_counter()
+        distinct = max(1, round(self.fraction * num_samples))
+        x = prior.posterior(problem).sample(distinct, seed=seed)
+        x = x[torch.arange(num_samples) * distinct // num_samples]
+        return post.PosteriorSamples(x[None], nfe=0, wall_time=time.perf_counter() - start)
+
+
 SAMPLERS = {
     "oracle": OracleAncestral,
+    "exact": ExactDraws,
+    "exact-ess50": lambda steps: ExactDraws(steps, 0.5),
     "dps": lambda steps: post.samplers.DPS(steps=steps, guidance="residual", step_size=1.0),
     "dps-likelihood": lambda steps: post.samplers.DPS(steps=steps, guidance="likelihood", step_size=1.0),
     "reddiff-point": lambda steps: post.samplers.RedDiff(steps=steps, mode="point"),
@@ -99,13 +129,18 @@ SAMPLERS = {
     "dlg": lambda steps: post.samplers.DenoisingLangevinGibbs(burn_in=steps),
     "afdps": lambda steps: post.samplers.AFDPS(steps=steps),
     "afdps-noisy": lambda steps: post.samplers.AFDPS(steps=steps, twist="noisy"),
-    "afdps-x0u": lambda steps: post.samplers.AFDPS(steps=steps, x0_uncertainty=True),
+    "afdps-ddpm": lambda steps: post.samplers.AFDPS(steps=steps, x0_uncertainty=False),
+    "afdps-rho3": lambda steps: post.samplers.AFDPS(steps=steps, rho=3.0),
+    "afdps-4runs": lambda steps: post.samplers.AFDPS(steps=steps),
+    "afdps-ess08": lambda steps: post.samplers.AFDPS(steps=steps, ess_threshold=0.8),
+    "afdps-bisect": lambda steps: post.samplers.AFDPS(steps=steps, max_bisections=2),
     "tds": lambda steps: post.samplers.TDS(steps=steps),
     "tds-x0u": lambda steps: post.samplers.TDS(steps=steps, x0_uncertainty=True),
     "mcgdiff": lambda steps: post.samplers.MCGdiff(steps=steps),
     "mcgdiff-x0u": lambda steps: post.samplers.MCGdiff(steps=steps, x0_uncertainty=True),
 }
-PARTICLE_SAMPLERS = {"afdps", "afdps-noisy", "afdps-x0u", "tds", "tds-x0u", "mcgdiff", "mcgdiff-x0u"}
+RUNS_PER_CALL = {"afdps-4runs": 4}  # the particle budget split into runs, pooled by their evidence
+PARTICLE_SAMPLERS = {name for name in SAMPLERS if name.startswith(("afdps", "tds", "mcgdiff"))}
 DRAWS_PER_CHAIN = {"dlg": 10}  # MCMC samplers: num_samples / this many chains
 
 
@@ -307,16 +342,25 @@ def pooled_log_evidence(log_z: torch.Tensor) -> tuple[float, float]:
     return pooled, se
 
 
-def evaluate_grid(gp: GridProblem, sampler_name: str, steps: int, particles: int, runs: int) -> dict:
-    """One call ``sample(problem, prior, particles, chains=1)`` graded against the exact posterior,
-    then (particle samplers, ``runs`` > 0) one ``chains=runs`` call for the log-evidence check."""
+def evaluate_grid(
+    gp: GridProblem, sampler_name: str, steps: int, particles: int, runs: int, repeat: int = 0
+) -> dict:
+    """One call ``sample(problem, prior, particles, chains=1)`` graded against the exact posterior
+    (``RUNS_PER_CALL``: the particles split into that many runs, pooled by their evidence), then
+    (particle samplers, ``runs`` > 0) one ``chains=runs`` call of ``particles`` each for the
+    log-evidence check. ``repeat`` > 0: the same call with another seed."""
     sampler = SAMPLERS[sampler_name](steps)
     is_particle = sampler_name in PARTICLE_SAMPLERS
-    seed = gp.seed
+    seed = gp.seed + 10**9 * repeat
     if is_particle:
-        result = sampler.sample(gp.problem, gp.prior, particles, chains=1, seed=seed, progress=False)
-        draws = result.resampled(seed=0).flat()
+        k = RUNS_PER_CALL.get(sampler_name, 1)
+        result = sampler.sample(gp.problem, gp.prior, particles // k, chains=k, seed=seed, progress=False)
         weighted, weights = result.flat(), result.weights()
+        draws = result.resampled(seed=0).flat()
+        if k > 1:  # runs pooled by their evidence estimates: particle i of run r weighs W_ri Z_r / sum_s Z_s
+            log_w = (result.log_weights + result.trace["log_evidence"][-1].double()[:, None]).reshape(1, -1)
+            weights = torch.softmax(log_w[0], 0)
+            draws = weighted[resample_indices(log_w, "systematic", torch.Generator().manual_seed(0))[0]]
     else:
         per_chain = DRAWS_PER_CHAIN.get(sampler_name, particles)
         result = sampler.sample(
@@ -333,7 +377,8 @@ def evaluate_grid(gp: GridProblem, sampler_name: str, steps: int, particles: int
         "dim": gp.dim,
         "rows": gp.rows,
         "instance": gp.instance,
-        "seed": gp.seed,
+        "seed": seed,
+        "repeat": repeat,
         "sampler": sampler_name,
         "steps": steps,
         "particles": particles,
@@ -371,17 +416,28 @@ def evaluate_grid(gp: GridProblem, sampler_name: str, steps: int, particles: int
     return row
 
 
+def instance_means(rows: list[dict], key: str) -> dict:
+    """``key`` averaged over the repeated calls of each ``(dim, rows, instance)``, in first-seen order."""
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["dim"], r["rows"], r["instance"]), []).append(r[key])
+    return {k: statistics.fmean(v) for k, v in groups.items()}
+
+
 def grid_summary(rows: list[dict]) -> dict:
-    """Per sampler: worst and median SW/floor over all cells and instances, mode TV, z-scores, cost."""
+    """Per sampler: worst and median SW/floor over all cells and instances (each instance's mean over
+    its repeated calls), mode TV, z-scores, cost."""
     out = {}
     for name in dict.fromkeys(r["sampler"] for r in rows):
         mine = [r for r in rows if r["sampler"] == name]
-        ratios = [r["sw_over_floor"] for r in mine]
+        ratios = list(instance_means(mine, "sw_over_floor").values())
         z = [abs(r["log_evidence_z"]) for r in mine if math.isfinite(r.get("log_evidence_z", math.nan))]
         errors = [abs(r["log_evidence_error"]) for r in mine if "log_evidence_error" in r]
         out[name] = {
             "calls": len(mine),
+            "repeats": len(mine) // len(ratios),
             "worst_sw_over_floor": max(ratios),
+            "worst_call_sw_over_floor": max(r["sw_over_floor"] for r in mine),
             "median_sw_over_floor": statistics.median(ratios),
             "worst_mode_tv": max(r["mode_tv"] for r in mine),
             "median_mode_tv": statistics.median(r["mode_tv"] for r in mine),
@@ -410,7 +466,7 @@ def run_grid(args: argparse.Namespace, command: str) -> list[dict]:
     start = time.perf_counter()
     rows: list[dict] = []
     data = {"command": command, "args": {k: str(v) for k, v in vars(args).items()}, "complete": False}
-    calls = len(args.dims) * len(args.rows) * args.instances * len(args.samplers)
+    calls = len(args.dims) * len(args.rows) * args.instances * len(args.samplers) * args.repeats
     print(
         f"grid: d {args.dims} x d_y {args.rows} x {args.instances} instances x {len(args.samplers)} samplers "
         f"= {calls} calls; {steps} steps, {particles} particles, {args.runs} evidence runs, "
@@ -426,8 +482,8 @@ def run_grid(args: argparse.Namespace, command: str) -> list[dict]:
             f"floor {time.perf_counter() - t:.1f} s, log p(y) {gp.log_evidence:.3f}",
             flush=True,
         )
-        for name in args.samplers:
-            r = evaluate_grid(gp, name, steps, particles, args.runs)
+        for name, repeat in itertools.product(args.samplers, range(args.repeats)):
+            r = evaluate_grid(gp, name, steps, particles, args.runs if repeat == 0 else 0, repeat)
             rows.append(r)
             z = r.get("log_evidence_z")
             evidence = (
@@ -482,6 +538,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "--rows", type=int, nargs="+", default=list(GRID_ROWS), help="--grid: measurements d_y"
     )
     parser.add_argument("--instances", type=int, default=3, help="--grid: random problems per cell")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="--grid: calls per sampler and instance, each with its own seed; an instance's ratio is "
+        "their mean (the log-evidence check runs with the first)",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
         "--out", type=Path, default=None, help="default benchmarks/results/gmm.json (--grid: gmm_grid.json)"

@@ -168,7 +168,14 @@ def classifiers(data: dict) -> list[str]:
 def mcmc_digits(data: dict) -> list[str]:
     """``benchmarks/mcmc_digits.py``: ArviZ's R-hat and ESS over the pixels of 4 DLG chains on digits."""
     return markdown(
-        ["chains x draws (burn-in, thin)", "largest R-hat", "pixels above 1.01", "smallest bulk / tail ESS", "NFE", "time"],
+        [
+            "chains x draws (burn-in, thin)",
+            "largest R-hat",
+            "pixels above 1.01",
+            "smallest bulk / tail ESS",
+            "NFE",
+            "time",
+        ],
         [
             [
                 f"{r['chains']} x {r['draws']} ({r['burn_in']}, {r['thin']})",
@@ -223,8 +230,17 @@ def cost(data: dict) -> list[str]:
     return markdown(
         ["sampler", "NFE", "VJP", "wall s", "network s", "overhead", "target", "ms per row-step", "peak MB"],
         [
-            [r["sampler"], str(r["nfe"]), str(r["vjp"]), f"{r['wall_time']:.2f}", f"{r['network_time']:.2f}",
-             f"{r['overhead']:.2f}", f"{r['target']:.1f}", f"{r['ms_per_row_step']:.2f}", f"{r['peak_mb']:.0f}"]
+            [
+                r["sampler"],
+                str(r["nfe"]),
+                str(r["vjp"]),
+                f"{r['wall_time']:.2f}",
+                f"{r['network_time']:.2f}",
+                f"{r['overhead']:.2f}",
+                f"{r['target']:.1f}",
+                f"{r['ms_per_row_step']:.2f}",
+                f"{r['peak_mb']:.0f}",
+            ]
             for r in data["rows"]
         ],
     )
@@ -236,7 +252,9 @@ def cost_scaling(data: dict, key: str) -> list[str]:
     rows = data[key]
     column = "batch" if key == "batches" else "size"
     columns = list(dict.fromkeys(r[column] for r in rows))
-    cells = {(r["sampler"], r[column]): f"{r['wall_time'] / r['nfe']:.3g} ({r['overhead']:.2f})" for r in rows}
+    cells = {
+        (r["sampler"], r[column]): f"{r['wall_time'] / r['nfe']:.3g} ({r['overhead']:.2f})" for r in rows
+    }
     names = dict.fromkeys(r["sampler"] for r in rows)
     header = [str(c) if key == "batches" else f"{c}x{c}" for c in columns]
     return markdown([column, *header], [[f"{n} s/step", *(cells[n, c] for c in columns)] for n in names])
@@ -255,8 +273,12 @@ DEHAZING_COLUMNS = {  # key -> (header, format, better: +1 higher, -1 lower)
 
 
 def dehazing_label(method: str, data: dict) -> str:
-    labels = {"clean": "clean (reference)", "svd": f"svd (rank {data['svd_rank']})",
-              "dps": "dps (one prior)", "joint": "joint (two priors)"}
+    labels = {
+        "clean": "clean (reference)",
+        "svd": f"svd (rank {data['svd_rank']})",
+        "dps": "dps (one prior)",
+        "joint": "joint (two priors)",
+    }
     return labels.get(method, method)
 
 
@@ -265,7 +287,9 @@ def dehazing(data: dict) -> list[str]:
     (the clean reference aside; its PSNRs are infinite and shown as -)."""
     rows = data["rows"]
     estimates = [r for r in rows if r["method"] != "clean"]
-    best = {k: max(estimates, key=lambda r: sign * r[k])["method"] for k, (_, _, sign) in DEHAZING_COLUMNS.items()}
+    best = {
+        k: max(estimates, key=lambda r: sign * r[k])["method"] for k, (_, _, sign) in DEHAZING_COLUMNS.items()
+    }
     lines = []
     for r in rows:
         cells = []
@@ -294,10 +318,18 @@ def dehazing_paired(data: dict) -> list[str]:
     return markdown(["joint minus", "gCNR cyst", "gCNR ventricle", "PSNR B-mode dB", "PSNR RF dB"], lines)
 
 
-def gmm_grid(data: dict) -> list[str]:
+def instance_mean(calls: list[dict], key: str, instance: int) -> float:
+    """``key`` averaged over the calls (repeats) of one instance."""
+    values = [c[key] for c in calls if c["instance"] == instance]
+    return sum(values) / len(values)
+
+
+def gmm_grid(data: dict, per_instance: bool = True) -> list[str]:
     """``benchmarks/gmm.py --grid``: per sampler the worst and median SW/floor over every cell and
     instance, the mode TV, the log-evidence error (pooled estimate minus exact) and largest z-score,
-    and the cost of one call; then per cell (d, d_y) and sampler the values of each instance."""
+    and the cost of one call; then per cell (d, d_y) and sampler the values of each instance (with
+    ``--repeats``, the SW/floor and mode TV are means over an instance's calls, the log-evidence comes
+    from its first call); ``per_instance=False``: the summary alone."""
     rows = data["rows"]
 
     def number(value, form: str) -> str:
@@ -306,8 +338,9 @@ def gmm_grid(data: dict) -> list[str]:
     summary = [
         [
             name,
-            str(s["calls"]),
+            f"{s['calls']} ({s.get('repeats', 1)})",
             f"{s['worst_sw_over_floor']:.2f}",
+            f"{s.get('worst_call_sw_over_floor', s['worst_sw_over_floor']):.2f}",
             f"{s['median_sw_over_floor']:.2f}",
             f"{s['median_mode_tv']:.3f}",
             number(s.get("median_abs_log_evidence_error"), ".2f"),
@@ -320,8 +353,9 @@ def gmm_grid(data: dict) -> list[str]:
     lines = markdown(
         [
             "sampler",
-            "calls",
+            "calls (per instance)",
             "worst SW/floor",
+            "worst call",
             "median SW/floor",
             "median mode TV",
             "median abs log Z error",
@@ -331,25 +365,31 @@ def gmm_grid(data: dict) -> list[str]:
         ],
         summary,
     )
+    if not per_instance:
+        return lines
     cells = list(dict.fromkeys((r["dim"], r["rows"], r["sampler"]) for r in rows))
     per_cell = []
     for dim, num_rows, name in cells:
-        mine = sorted(
+        calls = sorted(
             (r for r in rows if (r["dim"], r["rows"], r["sampler"]) == (dim, num_rows, name)),
             key=lambda r: r["instance"],
+        )
+        mine = [r for r in calls if r.get("repeat", 0) == 0]  # one per instance
+        ratio, tv = (
+            [instance_mean(calls, key, r["instance"]) for r in mine] for key in ("sw_over_floor", "mode_tv")
         )
         per_cell.append(
             [
                 str(dim),
                 str(num_rows),
                 name,
-                " / ".join(f"{r['sw_over_floor']:.2f}" for r in mine),
-                " / ".join(f"{r['mode_tv']:.2f}" for r in mine),
+                " / ".join(f"{v:.2f}" for v in ratio),
+                " / ".join(f"{v:.2f}" for v in tv),
                 " / ".join(
                     f"{number(r.get('log_evidence_error'), '+.2f')} ({number(r.get('log_evidence_z'), '+.1f')})"
                     for r in mine
                 ),
-                f"{sum(r['wall_time'] for r in mine) / len(mine):.1f} s",
+                f"{sum(r['wall_time'] for r in calls) / len(calls):.1f} s",
             ]
         )
     header = ["d", "d_y", "sampler", "SW/floor per instance", "mode TV", "log Z error (z)", "s per call"]
@@ -363,11 +403,15 @@ TABLES = {  # name -> (JSON files under docs/results, renderer of their rows poo
     "smc-budget": (("smc-budget",), lambda data: gmm(data, "particles")),
     "gmm-grid": (("gmm-grid",), gmm_grid),
     "gmm-grid-800": (("gmm-grid-800",), gmm_grid),
+    "gmm-candidates": (("gmm-candidates",), lambda data: gmm_grid(data, per_instance=False)),
     "mcmc": (("mcmc",), lambda data: gmm(data, "steps")),
     "mcmc-digits": (("mcmc-digits",), mcmc_digits),
     "calibration-separated": (("calibration-separated",), calibration),
     "calibration-overlapping": (("calibration-overlapping",), calibration),
-    "calibration-digits": (("calibration-digits-smc", "calibration-digits-mcmc"), calibration),
+    "calibration-digits": (
+        ("calibration-digits-afdps", "calibration-digits-smc", "calibration-digits-mcmc"),
+        calibration,
+    ),
     "false-alarm": (("false-alarm",), false_alarm),
     "joint-toy": (("joint-toy",), joint_toy),
     "dehazing": (("dehazing",), dehazing),

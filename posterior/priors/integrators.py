@@ -56,15 +56,20 @@ def ancestral_moments(
     return x0_hat + ratio * (x - x0_hat), sigma_next**2 * (1 - ratio) + (1 - ratio) ** 2 * x0_variance
 
 
-def x0_variance(x: Tensor, x0_hat: Tensor, sigma: Tensor, runs: int) -> Tensor:
+def x0_variance(
+    x: Tensor, x0_hat: Tensor, sigma: Tensor, runs: int, gather: Callable[[Tensor], Tensor] | None = None
+) -> Tensor:
     """The variance per coordinate of ``x0`` given ``x_sigma``, averaged over each run's particles: from
     Tweedie's second moment, ``E tr Cov[x0 | x_sigma] = d sigma^2 - E |x_sigma - D(x_sigma, sigma)|^2``,
     with the expectation over the particles (which follow the twisted target, not the prior: an
     approximation). ``x``, ``x0_hat``: ``(runs * n, *event_shape)`` run-major; returns ``(runs * n,)``, each
-    particle its run's value, clamped at 0."""
+    particle its run's value, clamped at 0. ``gather`` maps this process's ``(runs, n)`` squared
+    residuals to the whole runs' ``(runs, N)`` when a run's particles are split across processes."""
     n, d = x.shape[0] // runs, x[0].numel()
-    residual = ((x - x0_hat) ** 2).reshape(runs, n, -1).sum(-1).mean(1)  # (runs,)
-    return (sigma**2 - residual / d).clamp(min=0).repeat_interleave(n)
+    residual = ((x - x0_hat) ** 2).reshape(runs, n, -1).sum(-1)  # (runs, n)
+    if gather is not None:
+        residual = gather(residual)
+    return (sigma**2 - residual.mean(1) / d).clamp(min=0).repeat_interleave(n)
 
 
 def ancestral_step(

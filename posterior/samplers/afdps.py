@@ -61,6 +61,8 @@ class AFDPS(TwistedSampler):
         ``"ancestral"`` (the reverse SDE's exact Gaussian step) or ``"ode"``.
     tempering_scale : float, optional
         ``tau_ref`` of the tempered twist; default: estimated from the likelihood's curvature.
+    x0_uncertainty : bool, optional
+        (SMC core) ``None`` (default): on with the ancestral kernel, off with the ODE kernel.
     """
 
     twist: str = "auto"
@@ -84,6 +86,10 @@ class AFDPS(TwistedSampler):
                 "AFDPS: x0_uncertainty widens the ancestral kernel; kernel='ode' has no variance to widen"
             )
 
+    def widens_kernel(self) -> bool:
+        """``x0_uncertainty``, by default on with the ancestral kernel (``docs/smc.md``)."""
+        return self.kernel == "ancestral" if self.x0_uncertainty is None else self.x0_uncertainty
+
     def setup(self, problem, prior):
         twist = self.twist
         if twist == "auto" and not LinearGaussianSVD.applies(problem):
@@ -104,15 +110,15 @@ class AFDPS(TwistedSampler):
             return TemperedTwist(None)
         return TemperedTwist(default_tempering_scale(problem, prior, self.tempering_scale))
 
-    def propagate(self, ctx, problem, prior, x, cache, sigma, sigma_next, generator, runs):
+    def propagate(self, ctx, problem, prior, x, cache, sigma, sigma_next, generator, spread):
         optimal = isinstance(ctx, NoisyTwist) and self.proposal != "gradient"
         if self.kernel == "ancestral" and not optimal:
-            return super().propagate(ctx, problem, prior, x, cache, sigma, sigma_next, generator, runs)
+            return super().propagate(ctx, problem, prior, x, cache, sigma, sigma_next, generator, spread)
         x0_hat = cache["x0_hat"]
         if self.kernel == "ode":
             m, v = x0_hat + (sigma_next / sigma) * (x - x0_hat), sigma.new_zeros(())
         else:
-            m, v = self.moments(x, x0_hat, sigma, sigma_next, runs)
+            m, v = self.moments(x, x0_hat, sigma, sigma_next, spread)
         if optimal:
             x_next, log_norm = ctx.lg.product_move(m, v, ctx.variance(sigma_next), generator)
             new = ctx.evaluate(problem, prior, x_next, sigma_next)

@@ -63,8 +63,8 @@ class MCGdiff(ParticleSampler):
         w = self.potential_variance(lg, sigma, prior.sigma_max)
         return {"x0_hat": prior.denoise(x, sigma)}, lg.log_potential(lg.coords(x), w) + lg.log_const
 
-    def propagate(self, lg, problem, prior, x, cache, sigma, sigma_next, generator, runs):
-        m, v = self.moments(x, cache["x0_hat"], sigma, sigma_next, runs)
+    def propagate(self, lg, problem, prior, x, cache, sigma, sigma_next, generator, spread):
+        m, v = self.moments(x, cache["x0_hat"], sigma, sigma_next, spread)
         w, w_next = (self.potential_variance(lg, s, prior.sigma_max) for s in (sigma, sigma_next))
         x_next, log_norm = lg.product_move(m, v, w_next, generator)
         x0_hat = prior.denoise(x_next, sigma_next) if float(sigma_next) > 0 else x_next

@@ -41,7 +41,7 @@ from posterior.samplers.linear_gaussian import isotropic_log_density
 from posterior.samplers.resampling import RESAMPLING, ess, log_mean_exp, resample_indices
 from posterior.samplers.settings import FRACTION, NON_NEGATIVE, RHO, at_least
 from posterior.samplers.shards import Shards
-from posterior.utils import randn
+from posterior.utils import per_row, randn
 
 
 @dataclass
@@ -65,12 +65,12 @@ class ParticleSampler(Sampler):
     resample : bool
         Return an unweighted set (each run resampled once at the end, ``log_weights = None``) instead
         of the weighted particles.
-    x0_uncertainty : bool
+    x0_uncertainty : bool, optional
         Widen the prior's ancestral kernel by the variance of ``x0`` given ``x_sigma`` that the DDPM
         step leaves out, estimated per run from the particles (no NFE): a smaller discretisation error
         at a given number of steps (``docs/smc.md``). The kernel then adapts to the population, so the
         weights are exact for the chain that the run builds as it goes, and ``log Z_hat`` is no longer
-        strictly unbiased. Not with ``group=``.
+        strictly unbiased. ``None`` (default): the sampler's choice (:meth:`widens_kernel`).
     """
 
     steps: int = 100
@@ -79,7 +79,7 @@ class ParticleSampler(Sampler):
     ess_threshold: float = 0.5
     max_bisections: int = 0
     resample: bool = False
-    x0_uncertainty: bool = False
+    x0_uncertainty: bool | None = None
 
     kind = "samples"
     shardable = True
@@ -108,29 +108,32 @@ class ParticleSampler(Sampler):
         raise NotImplementedError
 
     def propagate(
-        self, ctx, problem, prior, x, cache, sigma, sigma_next, generator, runs
+        self, ctx, problem, prior, x, cache, sigma, sigma_next, generator, spread
     ) -> tuple[Tensor, dict, Tensor]:
-        """One step ``sigma -> sigma_next`` of ``runs`` runs (``x`` run-major): new particles, their cache and
-        the log-weight increment ``(n,)``.
+        """One step ``sigma -> sigma_next`` of the particles ``x`` (run-major): new particles, their cache
+        and the log-weight increment ``(n,)``. ``spread``: the variance of ``x0`` given ``x_sigma`` per
+        particle, ``(n,)``, that widens the prior's kernel (:meth:`moments`), or 0.
 
         Returns a new cache dict; the one it is given belongs to the previous state and must not change."""
         raise NotImplementedError
 
-    def moments(self, x: Tensor, x0_hat: Tensor, sigma: Tensor, sigma_next: Tensor, runs: int):
+    def widens_kernel(self) -> bool:
+        """Whether the ancestral kernel is widened by the variance of ``x0`` given ``x_sigma``
+        (``x0_uncertainty``; ``None`` means no for this class, AFDPS decides otherwise)."""
+        return bool(self.x0_uncertainty)
+
+    def moments(self, x: Tensor, x0_hat: Tensor, sigma: Tensor, sigma_next: Tensor, spread: Tensor | float):
         """Mean and variance of the prior's kernel from ``sigma`` to ``sigma_next``: the ancestral step,
-        widened by each run's estimate of the variance of ``x0`` given ``x_sigma`` when ``x0_uncertainty``
-        is set (:func:`posterior.priors.integrators.x0_variance`; no NFE)."""
-        spread = x0_variance(x, x0_hat, sigma, runs)[:, None] if self.x0_uncertainty else 0.0
-        m, v = ancestral_moments(x, x0_hat, sigma, sigma_next, spread)
-        return m, (v[:, 0] if self.x0_uncertainty else v)
+        widened by ``spread``, the variance of ``x0`` given ``x_sigma`` (0, or one per particle that the SMC
+        core estimates per run with :func:`posterior.priors.integrators.x0_variance`; no NFE)."""
+        if not torch.is_tensor(spread) and spread == 0:
+            return ancestral_moments(x, x0_hat, sigma, sigma_next)
+        spread = torch.as_tensor(spread, dtype=x.dtype, device=x.device).expand(x.shape[0])
+        m, v = ancestral_moments(x, x0_hat, sigma, sigma_next, per_row(spread, x.dim()))
+        return m, v.reshape(-1)
 
     def build_kernel(self, problem, prior, chains, num_samples, group=None):
         one_y_per_chain(problem, chains, num_samples, type(self).__name__)  # refuses y varying in a run
-        if group is not None and self.x0_uncertainty:
-            raise ValueError(
-                f"{type(self).__name__}: x0_uncertainty estimates each run's variance from all its particles; "
-                "it is not supported with a run split across processes (group=)"
-            )
         shards = Shards(group, num_samples)
         problem = shards.rows(problem, chains)
         ctx = self.setup(problem, prior)
@@ -197,6 +200,9 @@ class SMCKernel(Kernel):
         if state.moves is not None:
             particles = torch.Generator(generator.device).set_state(state.moves)
         queue = state.queue
+        spread = 0.0  # the variance of x0 given the particles, per particle (x0_uncertainty)
+        if settings.widens_kernel():
+            spread = x0_variance(state.x, state.cache["x0_hat"], state.sigma, B, shards.gather)
         while True:  # adaptive steps: halve the step while the ESS of a run falls by more than half
             target, depth, on_grid = queue[0]
             with torch.no_grad():
@@ -209,7 +215,7 @@ class SMCKernel(Kernel):
                     state.sigma,
                     target,
                     particles,
-                    B,
+                    spread,
                 )
             log_w = state.log_w + shards.gather(increment.double().reshape(B, shards.n))
             if depth >= settings.max_bisections or not bool((ess(log_w) < 0.5 * ess(state.log_w)).any()):

@@ -183,8 +183,8 @@ class TwistedSampler(ParticleSampler):
         cache = ctx.evaluate(problem, prior, x, sigma)
         return cache, cache["log_psi"]
 
-    def propagate(self, ctx, problem, prior, x, cache, sigma, sigma_next, generator, runs):
-        m, v = self.moments(x, cache["x0_hat"], sigma, sigma_next, runs)
+    def propagate(self, ctx, problem, prior, x, cache, sigma, sigma_next, generator, spread):
+        m, v = self.moments(x, cache["x0_hat"], sigma, sigma_next, spread)
         x_next, log_ratio = guided_move(m, v, cache["grad"], generator)
         new = ctx.evaluate(problem, prior, x_next, sigma_next)
         return x_next, new, log_ratio + new["log_psi"] - cache["log_psi"]

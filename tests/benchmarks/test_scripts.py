@@ -91,7 +91,31 @@ def test_gmm_grid_benchmark(tmp_path, capsys):
     assert "log_evidence_z" not in dps and dps["sw_over_floor"] > 0
     summary = data["summary"]["afdps"]
     assert summary["calls"] == 1 and summary["worst_sw_over_floor"] == summary["median_sw_over_floor"]
-    assert "| sampler | calls | worst SW/floor |" in capsys.readouterr().out
+    assert "| sampler | calls (per instance) | worst SW/floor | worst call |" in capsys.readouterr().out
+
+
+def test_gmm_grid_repeats_references_and_pooled_runs(tmp_path):
+    """``--repeats``: one call per seed, an instance graded by the mean; the exact references; a particle
+    budget split into runs pooled by their evidence estimates."""
+    gmm = load("gmm")
+    args = ["--grid", "--dims", "8", "--rows", "2", "--instances", "1", "--steps", "5", "--particles", "32"]
+    out = tmp_path / "grid.json"
+    rows = gmm.main(
+        ["exact", "exact-ess50", "afdps-4runs", *args, "--repeats", "2", "--runs", "0", "--out", str(out)]
+    )
+    assert [(r["sampler"], r["repeat"]) for r in rows] == [
+        (name, k) for name in ("exact", "exact-ess50", "afdps-4runs") for k in (0, 1)
+    ]
+    assert len({r["seed"] for r in rows if r["sampler"] == "exact"}) == 2
+    summary = json.loads(out.read_text())["summary"]
+    for name in ("exact", "exact-ess50", "afdps-4runs"):
+        ratios = [r["sw_over_floor"] for r in rows if r["sampler"] == name]
+        assert summary[name]["repeats"] == 2 and summary[name]["worst_call_sw_over_floor"] == max(ratios)
+        assert summary[name]["worst_sw_over_floor"] == pytest.approx(sum(ratios) / 2)
+    assert all(r["nfe"] == 5 for r in rows if r["sampler"] == "afdps-4runs")  # per particle
+    gp = gmm.make_grid_problem(8, 2, 0.5, 0)
+    half = gmm.SAMPLERS["exact-ess50"](5).sample(gp.problem, gp.prior, 32, seed=0, progress=False).flat()
+    assert torch.unique(half, dim=0).shape[0] == 16 and torch.equal(half[0::2], half[1::2])
 
 
 def test_gmm_grid_instances():

@@ -267,3 +267,23 @@ def test_x0_variance_estimates_the_posterior_variance_of_gaussian_data():
     exact = float(sigma**2 * s2 / (s2 + sigma**2))
     se = float(((x - x0_hat) ** 2).sum(1).div(4).std()) / n**0.5
     assert abs(float(c[0]) - exact) < 4 * se and abs(float(c[-1]) - exact) < 4 * se
+
+
+def test_x0_variance_of_a_run_split_across_processes_uses_all_its_particles():
+    """With ``gather`` (what the SMC core passes when a run's particles are split across processes) a
+    shard's estimate is the whole run's, not its own: here the other shard's particles differ."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 6, 3, generator=g, dtype=torch.float64)  # 2 runs of 6 particles
+    x0_hat = 0.3 * x
+    x0_hat[:, 3:] = 0.9 * x[:, 3:]  # the second shard's half of each run
+    sigma = torch.tensor(2.0, dtype=torch.float64)
+    whole = x0_variance(x.reshape(12, 3), x0_hat.reshape(12, 3), sigma, runs=2)
+    residual = ((x - x0_hat) ** 2).sum(-1)  # (2, 6)
+
+    def gather(mine):  # this shard holds particles 0-2 of each run
+        assert torch.equal(mine, residual[:, :3])
+        return residual
+
+    shard = x0_variance(x[:, :3].reshape(6, 3), x0_hat[:, :3].reshape(6, 3), sigma, runs=2, gather=gather)
+    assert torch.allclose(shard, whole.reshape(2, 6)[:, :3].reshape(6))
+    assert not torch.allclose(x0_variance(x[:, :3].reshape(6, 3), x0_hat[:, :3].reshape(6, 3), sigma, 2), shard)

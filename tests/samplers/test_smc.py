@@ -102,9 +102,9 @@ class TDSWithoutTwistDenominator(post.samplers.TDS):
     """TDS whose weight increment omits ``- log psi_sigma(x)``, the previous step's twist: the twists of
     all levels multiply up instead of telescoping."""
 
-    def propagate(self, ctx, problem, prior, x, cache, sigma, sigma_next, generator, runs):
+    def propagate(self, ctx, problem, prior, x, cache, sigma, sigma_next, generator, spread):
         x_next, new, increment = super().propagate(
-            ctx, problem, prior, x, cache, sigma, sigma_next, generator, runs
+            ctx, problem, prior, x, cache, sigma, sigma_next, generator, spread
         )
         return x_next, new, increment + cache["log_psi"]
 
@@ -466,8 +466,9 @@ def test_x0_uncertainty_shrinks_the_discretisation_error(monkeypatch):
     """At 20 levels the ancestral kernel's missing variance dominates AFDPS's error on separated modes.
     Widening the kernel by the particles' estimate of Var[x0 | x_sigma] brings the sliced Wasserstein
     ratio to the exact-vs-exact floor (mean of 4 seeds of 2000 particles; seed-to-seed spread about
-    0.4, so the mean's about 0.2) from about 5.5 to about 2.6. Broken variants it rejects: the
-    kernel not widened (the default) and the estimate doubled (measured about 3.5)."""
+    0.4, so the mean's about 0.2) from about 5.5 to about 2.6 (AFDPS's default). Broken variants it
+    rejects: the kernel not widened (``x0_uncertainty=False``, the DDPM step) and the estimate doubled
+    (measured about 3.5)."""
     import posterior.samplers.smc as smc
 
     prior, problem, exact = separated_problem()
@@ -484,12 +485,12 @@ def test_x0_uncertainty_shrinks_the_discretisation_error(monkeypatch):
             sum(metrics.sliced_wasserstein(r.resampled(seed=0).flat(), reference) for r in runs) / 4 / floor
         )
 
-    widened = ratio(x0_uncertainty=True)
+    widened = ratio()
     assert widened < 3.0, widened
-    assert ratio() > 4.5
+    assert ratio(x0_uncertainty=False) > 4.5
     estimate = smc.x0_variance
     monkeypatch.setattr(smc, "x0_variance", lambda *args: 2 * estimate(*args))
-    assert ratio(x0_uncertainty=True) > 3.0
+    assert ratio() > 3.0
 
 
 def test_x0_uncertainty_moves_runs_with_no_variance_left_without_nan():
@@ -505,9 +506,35 @@ def test_x0_uncertainty_moves_runs_with_no_variance_left_without_nan():
     assert not torch.equal(x[2:], m[2:])
 
 
-def test_x0_uncertainty_refuses_what_it_cannot_do(overlapping_problem):
-    prior, problem = overlapping_problem(2)
-    with pytest.raises(ValueError, match="not supported with a run split across processes"):
-        post.samplers.AFDPS(x0_uncertainty=True).build_kernel(problem, prior, 1, 4, group=object())
+def test_x0_uncertainty_defaults_and_refusal():
+    """AFDPS widens its ancestral kernel unless told not to, never the ODE kernel (and refuses to be
+    told to); TDS and MCGdiff widen only when asked."""
+    S = post.samplers
+    assert S.AFDPS().widens_kernel() and not S.AFDPS(x0_uncertainty=False).widens_kernel()
+    assert not S.AFDPS(kernel="ode").widens_kernel()
+    assert not S.TDS().widens_kernel() and S.TDS(x0_uncertainty=True).widens_kernel()
+    assert not S.MCGdiff().widens_kernel() and S.MCGdiff(x0_uncertainty=True).widens_kernel()
     with pytest.raises(ValueError, match="kernel='ode' has no variance to widen"):
-        post.samplers.AFDPS(kernel="ode", x0_uncertainty=True)
+        S.AFDPS(kernel="ode", x0_uncertainty=True)
+
+
+def test_the_core_estimates_the_spread_over_the_whole_run(monkeypatch, overlapping_problem):
+    """The SMC core hands ``x0_variance`` the run's gather (identity in one process, an all-gather
+    across the processes that share a run), once per step and only when the kernel is widened."""
+    import posterior.samplers.smc as smc
+
+    prior, problem = overlapping_problem(2)
+    estimate, gathers = smc.x0_variance, []
+
+    def recording(x, x0_hat, sigma, runs, gather=None):
+        gathers.append(gather)
+        return estimate(x, x0_hat, sigma, runs, gather)
+
+    monkeypatch.setattr(smc, "x0_variance", recording)
+    post.samplers.AFDPS(steps=5).sample(problem, prior, 6, chains=2, seed=0, progress=False)
+    assert len(gathers) == 5 and all(isinstance(g.__self__, smc.Shards) for g in gathers)
+    gathers.clear()
+    post.samplers.AFDPS(steps=5, x0_uncertainty=False).sample(
+        problem, prior, 6, chains=2, seed=0, progress=False
+    )
+    assert gathers == []
