@@ -41,9 +41,9 @@ A call is what a user gets by default: ``sampler.sample(problem, prior, N, chain
 ``N`` equally weighted draws, compared with ``N`` exact draws by sliced Wasserstein and divided by the
 floor (the same distance between two exact sets of size ``N``); the mode TV uses the weighted
 particles. The evidence check makes ``--runs R`` further independent runs (one ``chains=R`` call),
-pools their estimates ``log Z_r = trace["log_evidence"][-1]`` as ``log mean_r exp(log Z_r)`` with the
-standard error of that log-mean-exp from the spread over runs (delta method: the standard error of
-the mean of ``Z_r / max Z`` divided by that mean), and reports ``z = (pooled - log p(y)) / s.e.``.
+pools their estimates ``log Z_r`` as ``log mean_r exp(log Z_r)`` with the standard error of that
+log-mean-exp from the spread over runs (``result.evidence()``, :mod:`posterior.evidence`), and
+reports ``z = (pooled - log p(y)) / s.e.``.
 Per sampler: the worst and median ``SW/floor`` over all cells and instances, and the worst single
 call. ``--repeats K`` makes K calls per instance with different seeds and grades an instance by their
 mean ratio (the evidence check runs with the first). Variants of the default AFDPS: ``afdps-ddpm``
@@ -330,18 +330,6 @@ def make_grid_problem(dim: int, rows: int, sigma_y: float, instance: int) -> Gri
     )
 
 
-def pooled_log_evidence(log_z: torch.Tensor) -> tuple[float, float]:
-    """``log mean_r exp(log_z_r)`` over independent runs and its standard error (delta method: the
-    standard error of the mean of ``Z_r`` over that mean; NaN for fewer than 2 runs)."""
-    log_z = log_z.double().reshape(-1)
-    top = log_z.max()
-    z = torch.exp(log_z - top)
-    mean = z.mean()
-    pooled = float(top + torch.log(mean))
-    se = float(z.std() / math.sqrt(z.numel()) / mean) if z.numel() > 1 else float("nan")
-    return pooled, se
-
-
 def evaluate_grid(
     gp: GridProblem, sampler_name: str, steps: int, particles: int, runs: int, repeat: int = 0
 ) -> dict:
@@ -401,12 +389,12 @@ def evaluate_grid(
             extra = sampler.sample(
                 gp.problem, gp.prior, particles, chains=runs, seed=seed + 500, progress=False
             )
-        log_z = extra.trace["log_evidence"][-1].double().reshape(-1)
-        pooled, se = pooled_log_evidence(log_z)
+        evidence = extra.evidence()  # posterior.evidence: log mean_r Z_r and its standard error
+        pooled, se = evidence.log_z, evidence.standard_error
         error = pooled - gp.log_evidence
         row |= {
             "runs": runs,
-            "log_evidence_runs": [float(v) for v in log_z],
+            "log_evidence_runs": list(evidence.runs),
             "log_evidence_pooled": pooled,
             "log_evidence_se": se,
             "log_evidence_error": error,

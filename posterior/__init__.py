@@ -14,9 +14,12 @@ _LAZY = {
     "samplers": "posterior.samplers",
     "InverseProblem": "posterior.problem",
     "PosteriorSamples": "posterior.results",
+    "compare": "posterior.evidence",
 }
+_OBJECTS = {"InverseProblem", "PosteriorSamples", "compare"}  # attributes of their module, not modules
 if typing.TYPE_CHECKING:
     from posterior import diagnostics, distributed, metrics, priors, samplers
+    from posterior.evidence import compare
     from posterior.problem import InverseProblem
     from posterior.results import PosteriorSamples
 
@@ -26,6 +29,7 @@ __all__ = [
     "InverseProblem",
     "PosteriorSamples",
     "__version__",
+    "compare",
     "diagnostics",
     "distributed",
     "metrics",
@@ -40,7 +44,7 @@ def __getattr__(name: str):
             raise AttributeError(f"module 'posterior' has no attribute {name!r}")
         _LAZY[name] = f"posterior.{name}"  # any other submodule (utils, plots, data, cli, ...)
     module = importlib.import_module(_LAZY[name])
-    value = getattr(module, name) if name in {"InverseProblem", "PosteriorSamples"} else module
+    value = getattr(module, name) if name in _OBJECTS else module
     globals()[name] = value
     return value
 

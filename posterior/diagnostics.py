@@ -203,7 +203,7 @@ def check(
                     "particles or 1%): use more particles",
                 )
             )
-        if "log_evidence_std" in health and result.chains >= 2:
+        if "log_evidence_std" in health and result.chains >= 2 and shared_measurement:
             checks["log_evidence_std"] = health["log_evidence_std"]
             if health["log_evidence_std"] > 1:
                 failures.append(

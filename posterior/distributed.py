@@ -150,8 +150,9 @@ def run_task(sampler, prior, problem, num_samples, size, seed, *, chains, max_ba
 
 
 def split_chains(result: PosteriorSamples, parts: int) -> list[PosteriorSamples]:
-    """``parts`` results of consecutive chains. Per-chain trace entries (``(steps, chains, ...)``) are
-    split; the others are shared."""
+    """``parts`` results of consecutive chains, one per problem of a task (:func:`stack`: the chains of a
+    part share its measurement). Per-chain trace entries (``(steps, chains, ...)``) are split; the
+    others are shared."""
     if parts == 1:
         return [result]
     B, c = result.chains, result.chains // parts
@@ -174,6 +175,7 @@ def split_chains(result: PosteriorSamples, parts: int) -> list[PosteriorSamples]
             config=result.config,
             kind=result.kind,
             verdict=result.verdict,
+            shared_measurement=True,
         )
         for i in range(parts)
     ]

@@ -7,6 +7,7 @@ import itertools
 import json
 import math
 import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +16,11 @@ from torch import Tensor
 
 from posterior.utils import atomic_write, refuse_to_replace, wrong_field
 
-FORMAT = "posterior.PosteriorSamples/1"
+if typing.TYPE_CHECKING:
+    from posterior.evidence import Evidence
+
+FORMAT = "posterior.PosteriorSamples/2"  # 2 added shared_measurement
+READABLE = ("posterior.PosteriorSamples/1", FORMAT)  # /1 files load as shared_measurement=True
 KINDS = ("samples", "mcmc", "approximate", "variational", "variational-modes")  # what samplers return
 # The JSON fields of a saved result and their types (``verdict`` is None or a Verdict's fields)
 INFO = {
@@ -26,6 +31,7 @@ INFO = {
     "config": dict,
     "kind": str,
     "verdict": (dict, type(None)),
+    "shared_measurement": bool,
 }
 VERDICT = {"ok": bool, "line": str, "problems": list, "checks": dict}
 
@@ -83,6 +89,10 @@ class PosteriorSamples:
         biased at any budget), ``"variational"`` or ``"variational-modes"``.
     verdict : Verdict, optional
         What the checks of :func:`posterior.diagnostics.check` found when the run ended.
+    shared_measurement : bool
+        Whether every chain answered the same ``y`` (False when ``y`` was batched with one measurement
+        per chain or per draw): only then do the chains' evidence estimates pool into one. Files saved
+        by earlier versions (format 1) did not record it and load as True.
     """
 
     samples: Tensor
@@ -96,6 +106,7 @@ class PosteriorSamples:
     config: dict = field(default_factory=dict)
     kind: str = "samples"
     verdict: Verdict | None = None
+    shared_measurement: bool = True
 
     def __post_init__(self):
         if not isinstance(self.samples, Tensor) or self.samples.dim() < 3:
@@ -127,6 +138,14 @@ class PosteriorSamples:
     def flat(self) -> Tensor:
         """All draws, chains pooled: shape ``(chains * draws, *event_shape)``."""
         return self.samples.reshape(-1, *self.event_shape)
+
+    def evidence(self) -> Evidence:
+        """``log p(y)`` from the chains' (independent SMC runs') estimates, with its Monte-Carlo
+        standard error: :func:`posterior.evidence.log_evidence`. ``ValueError`` for samplers that do
+        not estimate the evidence and for chains that answered different measurements."""
+        from posterior.evidence import log_evidence
+
+        return log_evidence(self)
 
     def weights(self) -> Tensor:
         """Normalised weights of the pooled draws, shape ``(chains * draws,)``; chains count equally."""
@@ -269,6 +288,7 @@ class PosteriorSamples:
             config=self.config,
             kind=self.kind,
             verdict=self.verdict,
+            shared_measurement=self.shared_measurement,
         )
 
     def to_arviz(self, dims: list[str] | None = None):
@@ -355,6 +375,7 @@ class PosteriorSamples:
                     "config": self.config,
                     "kind": self.kind,
                     "verdict": dataclasses.asdict(self.verdict) if self.verdict is not None else None,
+                    "shared_measurement": self.shared_measurement,
                 },
                 default=str,
             ),
@@ -375,7 +396,7 @@ class PosteriorSamples:
         try:
             with safe_open(str(path), framework="pt", device=str(device)) as f:
                 meta = f.metadata() or {}
-                if meta.get("format") != FORMAT:
+                if meta.get("format") not in READABLE:
                     raise ValueError(f"{path} is not a file written by PosteriorSamples.save")
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
         except (SafetensorError, OSError) as err:  # OSError: a folder, an unreadable file
@@ -384,6 +405,8 @@ class PosteriorSamples:
         stats = {k.removeprefix("stats."): v for k, v in tensors.items() if k.startswith("stats.")}
         try:
             info = json.loads(meta.get("info", "null"))
+            if isinstance(info, dict) and meta["format"] != FORMAT:
+                info.setdefault("shared_measurement", True)  # format 1 did not record it
             wrong = _wrong_content(info, tensors)
             if wrong is not None:
                 raise ValueError(wrong)
@@ -432,7 +455,7 @@ def _is_result(path: Path) -> bool:
 
     try:
         with safe_open(str(path), framework="pt") as f:
-            return (f.metadata() or {}).get("format") == FORMAT
+            return (f.metadata() or {}).get("format") in READABLE
     except Exception:  # not a safetensors file, a folder, unreadable
         return False
 

@@ -270,6 +270,7 @@ class Sampler:
             sampler=type(self).__name__,
             config=dataclasses.asdict(self),
             kind=self.kind,
+            shared_measurement=shared_measurement,
         )
         diagnostics.check(
             result,

@@ -2,7 +2,6 @@
 
 import importlib.util
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -126,10 +125,6 @@ def test_gmm_grid_instances():
     assert bool((s > 0).all() and (s < 1).all() and (s[:-1] >= s[1:]).all())
     assert p.seed != gmm.make_grid_problem(8, 2, 0.5, 2).seed
     assert p.log_evidence == pytest.approx(float(p.prior.log_evidence(p.problem)))
-    pooled, se = gmm.pooled_log_evidence(torch.tensor([0.0, 0.0]))
-    assert pooled == 0.0 and se == 0.0
-    pooled, _ = gmm.pooled_log_evidence(torch.log(torch.tensor([1.0, 3.0])))
-    assert pooled == pytest.approx(math.log(2.0))
 
 
 def test_images_benchmark(tmp_path):

@@ -29,8 +29,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 API_PAGES = ("api", *(f"reference/{name}" for name in (
-    "posterior", "samplers", "priors", "diagnostics", "metrics", "plots", "distributed", "data", "cli",
-    "operators",
+    "posterior", "samplers", "priors", "diagnostics", "metrics", "plots", "distributed", "evidence", "data",
+    "cli", "operators",
 )))
 SCREENSHOTS = {"home.png": "index.html", "api.png": "api/index.html", "smc.png": "smc/index.html"}
 SKIP_TEXT = {"code", "pre", "script", "style", "annotation", "math", "textarea"}
