@@ -131,13 +131,15 @@ def check(
     result: PosteriorSamples,
     *,
     prior=None,
-    shared_measurement: bool = True,
     departure: tuple[int, float] | None = None,
     hint: str = "lower the step size or use more steps",
     warn: bool = True,
     stacklevel: int = 2,
 ) -> Verdict:
     """The checks that fit the kind of sampler, and one verdict line (also set as ``result.verdict``).
+
+    The checks that compare chains run only when they answered one measurement
+    (``result.shared_measurement``).
 
     - Markov chains (``kind="mcmc"``): rank-normalised R-hat and bulk/tail ESS (:func:`convergence`),
       when 2+ chains of 4+ draws share one measurement.
@@ -158,6 +160,7 @@ def check(
     from scipy.stats import chi2
 
     name = result.sampler or "sampler"
+    shared_measurement = result.shared_measurement
     failures: list[tuple[type, str]] = []
     checks: dict = {}
     said: list[str] = []

@@ -275,7 +275,6 @@ class Sampler:
         diagnostics.check(
             result,
             prior=prior,
-            shared_measurement=shared_measurement,
             departure=loop.departure,
             hint=self.divergence_hint,
             stacklevel=3,

@@ -186,3 +186,23 @@ def test_exact_posterior_sampler_on_a_single_measurement():
     assert result.samples.shape == (2, 2000, 2) and result.nfe == 0
     se = (exact.covariance().diagonal() / 4000).sqrt()
     assert bool(((result.mean() - exact.mean()).abs() < 4 * se).all())
+
+
+def test_checks_that_compare_runs_read_whether_the_runs_share_y():
+    """Runs whose means and log-evidences disagree fail the run-comparing checks when they answered one
+    measurement, and pass them when each answered its own (``result.shared_measurement``)."""
+    g = torch.Generator().manual_seed(0)
+    samples = torch.randn(4, 50, 2, generator=g, dtype=torch.float64) + 10 * torch.arange(4.0)[:, None, None]
+    trace = {"log_evidence": torch.tensor([[0.0] * 4, [0.0, 5.0, 10.0, 15.0]], dtype=torch.float64)}
+
+    def verdict(shared: bool):
+        result = post.PosteriorSamples(
+            samples, torch.zeros(4, 50), trace=trace, sampler="AFDPS", shared_measurement=shared
+        )
+        return post.diagnostics.check(result, warn=False)
+
+    shared, separate = verdict(True), verdict(False)
+    assert not shared.ok and "agreement_max" in shared.checks and "log_evidence_std" in shared.checks
+    assert (
+        separate.ok and "agreement_max" not in separate.checks and "log_evidence_std" not in separate.checks
+    )
