@@ -396,6 +396,103 @@ def gmm_grid(data: dict, per_instance: bool = True) -> list[str]:
     return [*lines, "", *markdown(header, per_cell)]
 
 
+def parameters_noise_level(data: dict) -> list[str]:
+    """``benchmarks/parameters.py``: the noise-level problems, one line per setting."""
+    return markdown(
+        [
+            "setting",
+            "problems",
+            "measurements",
+            "nodes (max rounds)",
+            "KS median (max)",
+            "effective nodes min",
+            "CDF error, max abs t",
+            "90% coverage",
+            "x error, max (se)",
+            "failed verdicts",
+        ],
+        [
+            [
+                r["setting"],
+                str(r["problems"]),
+                str(r["measurements"]),
+                f"{r['nodes']} ({r['rounds']})",
+                f"{r['ks_median']:.3f} ({r['ks_max']:.3f})",
+                f"{r['effective_nodes_min']:.1f}",
+                f"{r['cdf_t_max']:.1f}",
+                f"{r['coverage_90']:.2f}",
+                f"{r['x_z_max']:.1f}",
+                str(r["verdict_failures"]),
+            ]
+            for r in data["noise_level"]
+        ],
+    )
+
+
+def parameters_gain(data: dict) -> list[str]:
+    """``benchmarks/parameters.py``: total variation to the exact posterior of the discrete gain."""
+    return markdown(
+        ["setting", "problems", "total variation, mean", "max"],
+        [
+            [r["setting"], str(r["problems"]), f"{r['tv_mean']:.3f}", f"{r['tv_max']:.3f}"]
+            for r in data["gain"]
+        ],
+    )
+
+
+def parameters_digits(data: dict) -> list[str]:
+    """``benchmarks/parameters.py``: blind deblurring of a digit, per prior and forward model."""
+
+    def interval(v) -> str:
+        return f"{v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]"
+
+    rows = []
+    for r in data["digits"]:
+        if "width" in r:
+            kernel = f"width {interval(r['width'])}"
+            if "grid_width" in r:
+                kernel += f"; grid of exact evidences {interval(r['grid_width'])}"
+        else:
+            kernel = "box 1 / 3 / 5: " + " / ".join(f"{p:.3f}" for p in r["size_probabilities"])
+        status = "OK" if not r["problems"] else f"{len(r['problems'])} checks failed"
+        rows.append(
+            [
+                r["setting"],
+                kernel,
+                interval(r["sigma"]),
+                f"{r['log_evidence']:.2f} ± {r['log_evidence_se']:.2f}",
+                f"{r['log_evidence_spread']:.2f}",
+                f"{r['psnr']:.1f}",
+                status,
+                str(r["runs"]),
+                f"{r['seconds']:.0f}",
+            ]
+        )
+    lines = markdown(
+        [
+            "setting",
+            "kernel: mean [90% interval]",
+            "sigma",
+            "log p(y) ± se",
+            "chains' log p(y) sd",
+            "PSNR of the mean (dB)",
+            "verdict",
+            "runs in the final rounds",
+            "seconds",
+        ],
+        rows,
+    )
+    for key, runs in data["digits"][-1].items():
+        if key.startswith("log_evidence_at_truth_"):
+            shown = ", ".join(f"{v:.1f}" for v in runs)
+            lines += [
+                "",
+                f"AFDPS at the true width and noise level, 4 runs of {key.rsplit('_', 1)[1]} particles: "
+                f"log p(y) = {shown}.",
+            ]
+    return lines
+
+
 TABLES = {  # name -> (JSON files under docs/results, renderer of their rows pooled)
     "gmm-baselines": (("gmm-baselines",), lambda data: gmm(data, "steps")),
     "gmm-large": (("gmm-large",), lambda data: gmm(data, "steps")),
@@ -424,6 +521,9 @@ TABLES = {  # name -> (JSON files under docs/results, renderer of their rows poo
     "classifiers": (("priors-images",), classifiers),
     "ultrasound-quality": (("priors-ultrasound",), lambda data: prior_quality(data, "patch", "patches")),
     "ultrasound-denoising": (("priors-ultrasound",), denoising),
+    "parameters-noise-level": (("parameters",), parameters_noise_level),
+    "parameters-gain": (("parameters",), parameters_gain),
+    "parameters-digits": (("parameters",), parameters_digits),
     "images": (
         ("images-100", "images-500"),
         lambda data: images(data, ("dps", "reddiff", "reddiff-paper", "reddiff-pinv-init"), "steps"),

@@ -190,8 +190,12 @@ class PyroLikelihood(NoiseModel):
     ``pyro.sample(site, dist, obs=...)`` once. The library conditions that site on the observed
     ``y`` (overriding whatever the model passed as ``obs``) and reads the per-particle
     log-likelihood from the site's ``log_prob`` in a Pyro trace, summed over every dimension but
-    the first. The model must broadcast over the batch dimension and must not contain other
-    latent ``pyro.sample`` sites.
+    the first. The model must broadcast over the batch dimension.
+
+    Other ``pyro.sample`` sites are the forward model's unknown parameters (a gain, a background
+    level), each shared by every ``x``, with the prior the model gives them: sample them jointly with
+    ``x`` by :func:`posterior.sample_with_parameters`, or fix them with :meth:`condition`. A
+    likelihood with unfixed latent sites refuses to evaluate ``log_prob``.
 
     Parameters
     ----------
@@ -205,6 +209,10 @@ class PyroLikelihood(NoiseModel):
     >>> def model(z):  # Poisson counts with a log link
     ...     return pyro.sample("y", dist.Poisson(torch.exp(z)).to_event(1), obs=y_obs)
     >>> noise = PyroLikelihood(model)
+    >>> def with_gain(z):  # an unknown detector gain, log-normal a priori
+    ...     gain = pyro.sample("gain", dist.LogNormal(0.0, 0.3))
+    ...     return pyro.sample("y", dist.Poisson(gain * torch.exp(z)).to_event(1), obs=y_obs)
+    >>> PyroLikelihood(with_gain).condition(gain=torch.tensor(1.2))  # the gain known
     """
 
     def __init__(self, model: Callable[[Tensor], Tensor], site: str = "y"):
@@ -216,23 +224,90 @@ class PyroLikelihood(NoiseModel):
             )
         self.model, self.site = model, site
 
-    def trace(self, y: Tensor | None, Ax: Tensor):
+    def _trace(self, y: Tensor | None, Ax: Tensor):
         from pyro import poutine
 
         model = self.model if y is None else poutine.condition(self.model, data={self.site: y})
         tr = poutine.trace(model).get_trace(Ax)
         if self.site not in tr.nodes:
             raise ValueError(f"the Pyro model has no sample site named {self.site!r}")
-        latent = [
-            k
+        return tr
+
+    def _latent(self, tr) -> dict:
+        from pyro.poutine.util import site_is_subsample
+
+        return {
+            k: v["fn"]
             for k, v in tr.nodes.items()
-            if v["type"] == "sample" and not v["is_observed"] and k != self.site
-        ]
+            if v["type"] == "sample" and not v["is_observed"] and k != self.site and not site_is_subsample(v)
+        }
+
+    def trace(self, y: Tensor | None, Ax: Tensor):
+        """The Pyro trace of the model at ``Ax`` with the site conditioned on ``y`` (none: sampled);
+        ``ValueError`` while latent sites are not fixed."""
+        tr = self._trace(y, Ax)
+        latent = list(self._latent(tr))
         if latent:
             raise ValueError(
-                f"the Pyro model has latent sample sites {latent}; only the observed site {self.site!r} is allowed"
+                f"the Pyro model has latent sample sites {latent} (unknown parameters): sample them with "
+                "posterior.sample_with_parameters, or fix them with PyroLikelihood.condition(name=value)"
             )
         return tr
+
+    def latent_sites(self, Ax: Tensor) -> dict:
+        """The latent sample sites besides the observed one and their priors, ``{name: distribution}``,
+        read from a trace of the model at ``Ax`` (shape ``(n, *out_shape)``; a valid operator output,
+        e.g. ``y[None]``). Each unknown parameter is one value shared by every ``x`` with a prior of its
+        own, so a second trace (other random draws, at ``[Ax / 2, Ax]``) must give every site the same
+        prior: a site inside a plate over the batch, or whose prior depends on another site or on
+        ``Ax``, is refused. The user's global random state is left as it was."""
+        from pyro import poutine
+        from pyro.poutine.messenger import Messenger
+
+        class LastSite(Messenger):  # the site being sampled, to name it when its prior cannot be
+            name = None
+
+            def _pyro_sample(self, msg):
+                self.name = msg["name"]
+
+        with poutine.block(), LastSite() as last:  # block: no side effects on a surrounding inference
+            try:
+                with seeded_global_rng(torch.Generator().manual_seed(0)):
+                    first = self._trace(None, Ax)
+                with seeded_global_rng(torch.Generator().manual_seed(1)):
+                    second = self._trace(None, torch.cat([Ax / 2, Ax]))
+            except NotImplementedError as err:
+                raise ValueError(
+                    f"the latent site {last.name!r} cannot be sampled ({str(err).splitlines()[0]}): an unknown "
+                    "parameter needs a proper prior distribution"
+                ) from err
+        sites, again = self._latent(first), self._latent(second)
+        for name, fn in sites.items():
+            if name not in again or again[name].batch_shape != fn.batch_shape:
+                raise ValueError(
+                    f"the latent site {name!r} changes with the batch of x (inside a plate over the batch?): an "
+                    "unknown parameter of the forward model must be one value shared by every x"
+                )
+            value = first.nodes[name]["value"]
+            try:
+                same = bool(torch.allclose(fn.log_prob(value), again[name].log_prob(value)))
+            except ValueError:  # the value is outside the other trace's support
+                same = False
+            if not same:
+                raise ValueError(
+                    f"the prior of the latent site {name!r} changes between traces (it depends on another "
+                    "site, or on A(x)): each unknown parameter needs a fixed prior of its own"
+                )
+        return sites
+
+    def condition(self, **values: Tensor) -> PyroLikelihood:
+        """This likelihood with latent sites fixed to ``values`` (Pyro's ``condition``; a name that is
+        no site of the model fixes nothing, and the site it meant stays latent)."""
+        from pyro import poutine
+
+        if self.site in values:
+            raise ValueError(f"{self.site!r} is the observed site; condition the latent ones")
+        return PyroLikelihood(poutine.condition(self.model, data=dict(values)), self.site)
 
     def log_prob(self, y: Tensor, Ax: Tensor) -> Tensor:
         node = self.trace(broadcast_y(y, Ax), Ax).nodes[self.site]

@@ -15,11 +15,18 @@ _LAZY = {
     "InverseProblem": "posterior.problem",
     "PosteriorSamples": "posterior.results",
     "compare": "posterior.evidence",
+    "sample_with_parameters": "posterior.parameters",
 }
-_OBJECTS = {"InverseProblem", "PosteriorSamples", "compare"}  # attributes of their module, not modules
+_OBJECTS = {
+    "InverseProblem",
+    "PosteriorSamples",
+    "compare",
+    "sample_with_parameters",
+}  # attributes of their module, not modules
 if typing.TYPE_CHECKING:
     from posterior import diagnostics, distributed, metrics, priors, samplers
     from posterior.evidence import compare
+    from posterior.parameters import sample_with_parameters
     from posterior.problem import InverseProblem
     from posterior.results import PosteriorSamples
 
@@ -34,6 +41,7 @@ __all__ = [
     "distributed",
     "metrics",
     "priors",
+    "sample_with_parameters",
     "samplers",
 ]
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -51,6 +52,7 @@ class MeasurementWarning(PosteriorWarning):
 
 
 RANGE_FACTOR = 10.0  # draws farther than this many prior scales from the prior mean have diverged
+MIN_NODES = 4  # fewer effective quadrature nodes of the unknown parameters make their quantiles steps
 PREDICTIVE_FACTOR = 30.0  # a measurement this many predictive spreads from the prior predictive mean
 APPROXIMATE_KINDS = {
     "approximate": "an approximate sampler (guided, biased at any budget)",
@@ -133,6 +135,7 @@ def check(
     prior=None,
     departure: tuple[int, float] | None = None,
     hint: str = "lower the step size or use more steps",
+    problems: Sequence[str] = (),
     warn: bool = True,
     stacklevel: int = 2,
 ) -> Verdict:
@@ -153,6 +156,9 @@ def check(
       prior mean (:func:`out_of_range`) have diverged; ``departure = (step, sigma)`` is where the run
       first left the range, ``hint`` what to change.
     - A ``trace["unsettled"]`` entry (RED-Diff's tail check) is a failure.
+    - Continuous unknown parameters (``trace["effective_nodes"]``, :func:`posterior.sample_with_parameters`):
+      the Kish ESS of each chain's final round of nodes fails below :data:`MIN_NODES`.
+    - ``problems``: failures the caller found (each becomes a :class:`ConvergenceWarning`).
 
     Failures warn (:class:`ConvergenceWarning` or :class:`DivergenceWarning`) when ``warn``,
     ``stacklevel`` frames up.
@@ -214,7 +220,11 @@ def check(
                         ConvergenceWarning,
                         f"the runs' log-evidence estimates spread by {health['log_evidence_std']:.2g} "
                         "(> 1): single runs are far from their limit, and log p(y) is unreliable; use more "
-                        "particles or steps",
+                        + (
+                            "nodes, particles or steps"
+                            if "node_weights" in result.trace
+                            else "particles or steps"
+                        ),
                     )
                 )
         if result.chains >= 2 and shared_measurement:
@@ -228,13 +238,27 @@ def check(
                 failures.append(
                     (
                         ConvergenceWarning,
-                        f"the runs disagree beyond their own standard errors on {100 * (adjusted < 1e-3).mean():.0f}% "
-                        f"of coordinates (largest ratio {float(a.max()):.3g}): each run's error is larger than "
+                        f"the runs disagree beyond their own standard errors on {int((adjusted < 1e-3).sum())} of "
+                        f"{adjusted.size} coordinates (largest ratio {float(a.max()):.3g}): each run's error is larger than "
                         "it reports (resampled particles share ancestors, or runs settle in different modes); "
                         "pool more runs, and read mcse_mean of PosteriorSamples.summary(), which uses their spread",
                     )
                 )
-    elif result.kind == "mcmc":
+    if "effective_nodes" in result.trace:  # continuous unknown parameters (posterior.sample_with_parameters)
+        per_round = result.trace["effective_nodes"].double()
+        nodes = per_round[:, -1]  # each chain's final round
+        checks["parameter_nodes_effective"] = [round(float(v), 1) for v in nodes]
+        said.append(f"parameters on {float(nodes.min()):.1f}-{float(nodes.max()):.1f} effective nodes")
+        if float(nodes.min()) < MIN_NODES:
+            failures.append(
+                (
+                    ConvergenceWarning,
+                    f"the posterior of the unknown parameters rests on {float(nodes.min()):.1f} effective "
+                    f"nodes (< {MIN_NODES}) in a chain: its intervals are coarse; use more nodes or refinement rounds",
+                )
+            )
+    failures += [(ConvergenceWarning, message) for message in problems]
+    if result.log_weights is None and result.kind == "mcmc":
         if result.chains >= 2 and result.draws >= 4 and shared_measurement:
             report = convergence(result, warn=False)
             checks["rhat_max"], checks["ess_bulk_min"] = report.rhat_max, report.ess_bulk_min

@@ -56,7 +56,8 @@ def log_evidence(result) -> Evidence:
     name = result.sampler or "this result"
     if "log_evidence" not in result.trace:
         raise ValueError(
-            f"{name} does not estimate the evidence p(y): use a particle sampler (AFDPS, TDS, MCGdiff)"
+            f"{name} does not estimate the evidence p(y): use a particle sampler (AFDPS, TDS, MCGdiff), "
+            "or ExactPosterior where the posterior is analytic"
         )
     if not result.shared_measurement:
         raise ValueError(
@@ -93,6 +94,9 @@ def compare(results: Mapping[Hashable, object], prior_probabilities: Mapping[Has
         log Bayes factor against the best model, and ``difference_se`` (independent runs:
         ``sqrt(se^2 + se_best^2)``, 0 for the best); ``probability``, the posterior probability of the
         model (``softmax(log_evidence + log prior)``).
+
+    Raises ``ValueError`` for results that answered different measurements (their
+    :attr:`~posterior.PosteriorSamples.measurement` digests differ) and as :func:`log_evidence` does.
     """
     import pandas as pd
 
@@ -107,6 +111,14 @@ def compare(results: Mapping[Hashable, object], prior_probabilities: Mapping[Has
     ):
         raise ValueError(
             "prior_probabilities must give a positive finite number for each model, and no other"
+        )
+    digests = {results[n].measurement for n in names} - {""}  # "" where unknown
+    if len(digests) > 1:
+        raise ValueError(
+            "the results answered different measurements y: evidences compare models of one y only "
+            "(each result's measurement digest: "
+            + ", ".join(f"{n!r}: {results[n].measurement or 'unknown'}" for n in names)
+            + ")"
         )
     if not any(math.isfinite(evidence[n].log_z) for n in names):
         raise ValueError("no model has a finite evidence estimate: every run's weights died")

@@ -11,6 +11,8 @@ Every function returns a :class:`Figure`, a :class:`matplotlib.figure.Figure` bu
   credible-interval width, error to a truth, with PSNR, SSIM and coverage (:func:`scores`);
 - :func:`convergence_maps`: R-hat and bulk/tail ESS per pixel (from :func:`posterior.diagnostics.convergence`);
 - :func:`ess_trace`: ESS/N of the SMC runs (median and range) along the noise levels;
+- :func:`parameter_posterior`: the posterior of the forward model's unknown parameters
+  (:func:`posterior.sample_with_parameters`), each against its true value where known;
 - :func:`rank_plots` and :func:`coverage_curve`: a :class:`~posterior.diagnostics.CalibrationReport`'s
   rank histograms, ECDF-difference bands and coverage curves;
 - :func:`write_report`: all that applies to a result, as PNGs, a Markdown page recording the configuration
@@ -254,6 +256,40 @@ def convergence_maps(report) -> Figure:
     fig = Figure(figsize=(9.5, 3), layout="constrained")
     for ax, (value, title) in zip(fig.subplots(1, 3), panels, strict=True):
         _show(ax, value, title, "viridis", colorbar=True)
+    return fig
+
+
+def parameter_posterior(result: PosteriorSamples, truth: dict | None = None, draws: int = 2000) -> Figure:
+    """The posterior of each scalar unknown parameter (:attr:`PosteriorSamples.params`) as a weighted
+    histogram, and for two or more a scatter of ``draws`` draws of the first two (resampled by the
+    weights), with the values of ``truth`` (``{name: value}``) marked."""
+    names = [k for k, v in result.params.items() if v.dim() == 2]
+    if not names:
+        raise ValueError("the result has no scalar unknown parameters (result.params)")
+    truth = truth or {}
+    weights = result.weights().double().cpu().numpy()
+    values = {k: result.params[k].reshape(-1).double().cpu().numpy() for k in names}
+    panels = len(names) + (len(names) >= 2)
+    fig = Figure(figsize=(3.2 * panels, 2.8), layout="constrained")
+    axes = fig.subplots(1, panels, squeeze=False)[0]
+    for ax, name in zip(axes, names, strict=False):
+        ax.hist(values[name], bins=30, weights=weights, color="tab:blue", alpha=0.8)
+        if name in truth:
+            ax.axvline(float(truth[name]), color="tab:red", label="true value")
+            ax.legend(fontsize=8)
+        ax.set_xlabel(name)
+        ax.set_yticks([])
+    if len(names) >= 2:
+        generator = torch.Generator().manual_seed(0)
+        index = torch.multinomial(torch.from_numpy(weights), draws, True, generator=generator).numpy()
+        first, second = names[:2]
+        ax = axes[-1]
+        ax.scatter(values[first][index], values[second][index], s=4, alpha=0.3, color="tab:blue")
+        if first in truth and second in truth:
+            ax.scatter([float(truth[first])], [float(truth[second])], marker="x", s=60, color="tab:red")
+        ax.set_xlabel(first)
+        ax.set_ylabel(second)
+    fig.suptitle(f"{result.sampler or 'posterior'}: unknown parameters", fontsize=10)
     return fig
 
 

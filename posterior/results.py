@@ -19,8 +19,9 @@ from posterior.utils import atomic_write, refuse_to_replace, wrong_field
 if typing.TYPE_CHECKING:
     from posterior.evidence import Evidence
 
-FORMAT = "posterior.PosteriorSamples/2"  # 2 added shared_measurement
-READABLE = ("posterior.PosteriorSamples/1", FORMAT)  # /1 files load as shared_measurement=True
+FORMAT = "posterior.PosteriorSamples/3"  # 2 added shared_measurement, 3 params and measurement
+# /1 files load as shared_measurement=True; /1 and /2 files have no params and no measurement digest
+READABLE = ("posterior.PosteriorSamples/1", "posterior.PosteriorSamples/2", FORMAT)
 KINDS = ("samples", "mcmc", "approximate", "variational", "variational-modes")  # what samplers return
 # The JSON fields of a saved result and their types (``verdict`` is None or a Verdict's fields)
 INFO = {
@@ -32,6 +33,7 @@ INFO = {
     "kind": str,
     "verdict": (dict, type(None)),
     "shared_measurement": bool,
+    "measurement": str,
 }
 VERDICT = {"ok": bool, "line": str, "problems": list, "checks": dict}
 
@@ -93,6 +95,13 @@ class PosteriorSamples:
         Whether every chain answered the same ``y`` (False when ``y`` was batched with one measurement
         per chain or per draw): only then do the chains' evidence estimates pool into one. Files saved
         by earlier versions (format 1) did not record it and load as True.
+    measurement : str
+        A digest of the ``y`` that every chain answered (:func:`measurement_digest`), so that results
+        of different measurements are not compared by their evidence; ``""`` when unknown or batched.
+    params : dict of str to Tensor
+        Draws of the forward model's unknown parameters that go with ``samples`` (same weights), each
+        of shape ``(chains, draws, *parameter_shape)`` (:func:`posterior.sample_with_parameters`);
+        empty when the forward model was fully known.
     """
 
     samples: Tensor
@@ -107,6 +116,8 @@ class PosteriorSamples:
     kind: str = "samples"
     verdict: Verdict | None = None
     shared_measurement: bool = True
+    measurement: str = ""
+    params: dict[str, Tensor] = field(default_factory=dict)
 
     def __post_init__(self):
         if not isinstance(self.samples, Tensor) or self.samples.dim() < 3:
@@ -120,6 +131,12 @@ class PosteriorSamples:
             if tuple(value.shape) != tuple(self.samples.shape[:2]):
                 raise ValueError(
                     f"{name} has shape {tuple(value.shape)}, expected {tuple(self.samples.shape[:2])}"
+                )
+        for name, value in self.params.items():
+            if not isinstance(value, Tensor) or tuple(value.shape[:2]) != tuple(self.samples.shape[:2]):
+                raise ValueError(
+                    f"params[{name!r}] has shape {tuple(getattr(value, 'shape', ()))}, expected "
+                    f"({self.samples.shape[0]}, {self.samples.shape[1]}, *parameter_shape)"
                 )
 
     # -- shapes ---------------------------------------------------------------------------------
@@ -214,10 +231,18 @@ class PosteriorSamples:
         """Each run's own Monte-Carlo standard error of its mean, in float64, shape ``(chains,
         *event_shape)``: ``sqrt(sum_i W_i^2 (x_i - m)^2)`` for weighted particles (the self-normalised
         importance sampling estimate, blind to the particles' shared ancestry) and ``sd / sqrt(draws)``
-        for equally weighted independent draws (blind to autocorrelation: not for Markov chains)."""
+        for equally weighted independent draws (blind to autocorrelation: not for Markov chains).
+        Draws that share a quadrature node of unknown parameters (``sample_stats["node"]``, from
+        :func:`posterior.sample_with_parameters`) move together, so they count as one cluster:
+        ``sqrt(sum_k (sum_{i in k} W_i (x_i - m))^2)``."""
         W = self._run_weights()
-        centred = self.samples.double() - self.run_means()[:, None]
-        return torch.einsum("cn,cn...->c...", W**2, centred**2).sqrt()
+        terms = W[:, :, None] * (self.samples.double() - self.run_means()[:, None]).flatten(2)  # (c, n, d)
+        if "node" in self.sample_stats:
+            node = self.sample_stats["node"].long().to(terms.device)
+            terms = torch.zeros(
+                terms.shape[0], int(node.max()) + 1, terms.shape[2], dtype=terms.dtype, device=terms.device
+            ).scatter_add_(1, node[:, :, None].expand_as(terms), terms)
+        return (terms**2).sum(1).sqrt().reshape(self.chains, *self.event_shape)
 
     def _run_weights(self) -> Tensor:
         """Normalised weights within each run, float64, shape ``(chains, draws)``."""
@@ -228,7 +253,8 @@ class PosteriorSamples:
         return torch.softmax(self.log_weights.to(torch.float64), dim=1)
 
     def summary(self, level: float = 0.9):
-        """A per-coordinate table (a ``pandas.DataFrame``, one row per coordinate).
+        """A per-coordinate table (a ``pandas.DataFrame``, one row per coordinate of ``x``, then of each
+        unknown parameter in :attr:`params`).
 
         Weighted (SMC) results: ``mean``, ``sd``, the central ``level`` interval (``lower``, ``upper``),
         ``mcse_mean`` (``sqrt(v / chains)``, ``v`` the larger of the variance of the runs' means
@@ -244,8 +270,19 @@ class PosteriorSamples:
         if self.log_weights is None:
             import arviz_stats as azs
 
-            table = azs.summary(self.to_arviz(), var_names=["x"], ci_prob=level)
-            return table
+            return azs.summary(self.to_arviz(), var_names=["x", *self.params], ci_prob=level)
+        tables = [self._weighted_summary(level, "x")]
+        for name, value in self.params.items():
+            flat = value.reshape(*value.shape[:2], -1).double()
+            part = dataclasses.replace(self, samples=flat, params={})
+            tables.append(part._weighted_summary(level, name, tuple(value.shape[2:])))
+        return pd.concat(tables)
+
+    def _weighted_summary(self, level: float, name: str, shape: tuple[int, ...] | None = None):
+        """:meth:`summary`'s rows for the coordinates of ``samples``, named ``name[i, ...]`` after
+        ``shape`` (default ``event_shape``; a scalar's row is ``name``)."""
+        import pandas as pd
+
         lower, upper = self.interval(level)
         sd = self.std().double()
         means, se = self.run_means().double(), self.run_standard_errors().double()
@@ -257,7 +294,10 @@ class PosteriorSamples:
         mcse = (variance / self.chains).sqrt()
         columns["mcse_mean"] = mcse
         columns["ess_mean"] = sd**2 / mcse.clamp_min(torch.finfo(torch.float64).tiny) ** 2
-        names = [f"x[{', '.join(str(int(i)) for i in idx)}]" for idx in _indices(self.event_shape)]
+        shape = self.event_shape if shape is None else shape
+        names = (
+            [f"{name}[{', '.join(str(int(i)) for i in idx)}]" for idx in _indices(shape)] if shape else [name]
+        )
         return pd.DataFrame(
             {k: v.detach().double().cpu().reshape(-1).numpy() for k, v in columns.items()}, index=names
         )
@@ -289,16 +329,20 @@ class PosteriorSamples:
             kind=self.kind,
             verdict=self.verdict,
             shared_measurement=self.shared_measurement,
+            measurement=self.measurement,
+            params={k: pick(v) for k, v in self.params.items()},
         )
 
     def to_arviz(self, dims: list[str] | None = None):
-        """ArviZ's container: an ``xarray.DataTree`` with groups ``posterior`` (variable ``x``) and
-        ``sample_stats`` (the per-draw statistics), cost figures in the attributes.
+        """ArviZ's container: an ``xarray.DataTree`` with groups ``posterior`` (variable ``x``, and one
+        variable per unknown parameter of :attr:`params`) and ``sample_stats`` (the per-draw
+        statistics), cost figures in the attributes.
 
         Every ArviZ function treats draws as equally weighted, so for a weighted (SMC) result
         ``posterior`` holds :meth:`resampled` draws (each run resampled systematically by its
         weights): summaries, plots and CSVs of it are right without knowing about weights. The
-        weighted particles themselves are in the group ``particles`` (``x`` and ``log_weight``).
+        weighted particles themselves are in the group ``particles`` (``x``, the parameters and
+        ``log_weight``).
         The chains of an SMC result are independent runs, not Markov chains: judge them with
         :func:`posterior.diagnostics.check`, not with R-hat.
 
@@ -323,12 +367,17 @@ class PosteriorSamples:
             return t.detach().cpu().numpy()
 
         draws = self.resampled()
-        groups = {"posterior": {"x": numpy(draws.samples)}}
+        groups = {"posterior": {"x": numpy(draws.samples), **{k: numpy(v) for k, v in draws.params.items()}}}
         if draws.sample_stats:
             groups["sample_stats"] = {k: numpy(v) for k, v in draws.sample_stats.items()}
         if self.log_weights is not None:
-            groups["particles"] = {"x": numpy(self.samples), "log_weight": numpy(self.log_weights)}
-        tree = azb.from_dict(groups, dims={"x": list(dims)})
+            groups["particles"] = {
+                "x": numpy(self.samples),
+                **{k: numpy(v) for k, v in self.params.items()},
+                "log_weight": numpy(self.log_weights),
+            }
+        param_dims = {k: [f"{k}_dim_{i}" for i in range(v.dim() - 2)] for k, v in self.params.items()}
+        tree = azb.from_dict(groups, dims={"x": list(dims), **param_dims})
         tree.attrs.update(
             sampler=self.sampler,
             kind=self.kind,
@@ -363,6 +412,7 @@ class PosteriorSamples:
             tensors["log_weights"] = self.log_weights
         tensors.update({f"trace.{k}": torch.as_tensor(v) for k, v in self.trace.items()})
         tensors.update({f"stats.{k}": v for k, v in self.sample_stats.items()})
+        tensors.update({f"params.{k}": v for k, v in self.params.items()})
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         meta = {
             "format": FORMAT,
@@ -376,6 +426,7 @@ class PosteriorSamples:
                     "kind": self.kind,
                     "verdict": dataclasses.asdict(self.verdict) if self.verdict is not None else None,
                     "shared_measurement": self.shared_measurement,
+                    "measurement": self.measurement,
                 },
                 default=str,
             ),
@@ -403,17 +454,20 @@ class PosteriorSamples:
             raise ValueError(f"{path} is not a file written by PosteriorSamples.save: {err}") from err
         trace = {k.removeprefix("trace."): v for k, v in tensors.items() if k.startswith("trace.")}
         stats = {k.removeprefix("stats."): v for k, v in tensors.items() if k.startswith("stats.")}
+        params = {k.removeprefix("params."): v for k, v in tensors.items() if k.startswith("params.")}
         try:
             info = json.loads(meta.get("info", "null"))
             if isinstance(info, dict) and meta["format"] != FORMAT:
                 info.setdefault("shared_measurement", True)  # format 1 did not record it
+                info.setdefault("measurement", "")  # nor did format 2
             wrong = _wrong_content(info, tensors)
             if wrong is not None:
                 raise ValueError(wrong)
             if info["verdict"] is not None:
                 info["verdict"] = Verdict(**info["verdict"])
             samples, log_weights = tensors["samples"], tensors.get("log_weights")
-            return cls(samples, log_weights, trace=trace, sample_stats=stats, **info)  # checks the shapes
+            # the constructor checks the shapes
+            return cls(samples, log_weights, trace=trace, sample_stats=stats, params=params, **info)
         except ValueError as err:
             raise ValueError(f"{path} is not a valid saved PosteriorSamples: {err}") from err
 
@@ -433,7 +487,9 @@ def _wrong_content(info, tensors: dict[str, Tensor]) -> str | None:
         return wrong
     unknown = sorted(set(info) - set(INFO)) + sorted(set(info["verdict"] or {}) - set(VERDICT))
     unknown += [
-        k for k in tensors if k not in ("samples", "log_weights") and not k.startswith(("trace.", "stats."))
+        k
+        for k in tensors
+        if k not in ("samples", "log_weights") and not k.startswith(("trace.", "stats.", "params."))
     ]
     if unknown:
         return f"unknown fields {unknown}"
@@ -477,6 +533,18 @@ def agreement(means: Tensor, standard_errors: Tensor) -> Tensor:
     pooled = (precision * means).sum(0) / precision.sum(0)
     q = ((means - pooled) ** 2 * precision).sum(0)
     return (q / (means.shape[0] - 1)).sqrt()
+
+
+def measurement_digest(y: Tensor) -> str:
+    """A short digest of a measurement ``y`` (its shape and values, in float64 on the CPU, so that one
+    ``y`` in another dtype or on another device has the same digest): equal for equal ``y``, and
+    different, in all likelihood, for different ones."""
+    import hashlib
+
+    t = y.detach().to("cpu", torch.float64).contiguous() + 0.0  # + 0.0: -0.0 and 0.0 alike
+    digest = hashlib.sha256(str(tuple(t.shape)).encode())
+    digest.update(t.reshape(-1).numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _indices(shape: tuple[int, ...]):

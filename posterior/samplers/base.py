@@ -15,7 +15,7 @@ from operators.checks import as_int
 from posterior import diagnostics
 from posterior.priors.base import DiffusionPrior
 from posterior.problem import InverseProblem
-from posterior.results import PosteriorSamples
+from posterior.results import PosteriorSamples, measurement_digest
 from posterior.samplers.kernel import Divergence, Kernel, state_fields
 from posterior.samplers.loop import Loop, fingerprint, seed_name
 from posterior.samplers.settings import check_settings
@@ -271,6 +271,7 @@ class Sampler:
             config=dataclasses.asdict(self),
             kind=self.kind,
             shared_measurement=shared_measurement,
+            measurement=measurement_digest(problem.y) if shared_measurement else "",
         )
         diagnostics.check(
             result,

@@ -4,7 +4,9 @@ For a :class:`~posterior.priors.GaussianMixture` (or ``Gaussian``) prior and ``y
 Gaussian noise, ``prior.posterior(problem)`` is a Gaussian mixture in closed form; this sampler draws
 from it exactly, one problem per chain (or per draw) when ``y`` is batched. It draws in one step, so there
 is nothing to checkpoint or resume. It is what every other sampler is
-graded against (``benchmarks/gmm.py``, ``posterior.diagnostics.calibrate``). Cost: no NFE.
+graded against (``benchmarks/gmm.py``, ``posterior.diagnostics.calibrate``). Cost: no NFE. Like the
+particle samplers it records each chain's ``log p(y)`` (here exact) in ``trace["log_evidence"]``, unless
+``y`` is batched one per draw.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class ExactPosterior(Sampler):
 @dataclass(frozen=True)
 class ExactState:
     x: Tensor | None  # (chains * num_samples, *event_shape): the draws, once made
+    log_evidence: Tensor | None  # (chains,): each chain's exact log p(y), once computed; None per draw
 
 
 @dataclass
@@ -55,12 +58,13 @@ class ExactKernel(Kernel):
     checkpoints = False
 
     def init(self, generator):
-        return ExactState(None)
+        return ExactState(None, None)
 
     def step(self, state, k, generator):
         problem, prior, draw = self.problem, self.prior, self.settings.draw
         if not problem.batched:
             x = draw(prior.posterior(problem), self.chains * self.num_samples, generator)
+            log_evidence = prior.log_evidence(problem).double().expand(self.chains)
         else:
             per_chain = problem.y.reshape(self.chains, self.num_samples, *problem.y.shape[1:])
             if bool((per_chain == per_chain[:, :1]).all()):  # one measurement per chain
@@ -69,7 +73,12 @@ class ExactKernel(Kernel):
                 ys, size = problem.y, 1
             problems = [InverseProblem(problem.operator, problem.noise, y) for y in ys]
             x = torch.cat([draw(prior.posterior(p), size, generator) for p in problems])
-        return ExactState(x), Info(0.0, check=(x,))
+            log_evidence = (
+                torch.stack([prior.log_evidence(p).double() for p in problems]) if size > 1 else None
+            )
+        return ExactState(x, log_evidence), Info(0.0, check=(x,))
 
     def finish(self, state, generator):
-        return state.x, {}
+        if state.log_evidence is None:
+            return state.x, {}
+        return state.x, {"log_evidence": state.log_evidence.reshape(1, -1)}

@@ -224,3 +224,14 @@ def test_dehazing_benchmark(tmp_path):
 def test_joint_toy_benchmark(tmp_path):
     rows = load("joint_toy").main(["--draws", "64", "--out", str(tmp_path / "j.json")])
     assert len(rows) == 7 and all(r["joint"] > 0 for r in rows)
+
+
+def test_parameters_benchmark(tmp_path):
+    out = tmp_path / "parameters.json"
+    argv = ["--problems", "2", "--afdps-problems", "2", "--gain-problems", "2", "--steps", "3"]
+    argv += ["--digits-steps", "2", "--digits-particles", "4", "--digits-nodes", "8", "--out", str(out)]
+    load("parameters").main(argv)
+    data = json.loads(out.read_text())
+    assert len(data["noise_level"]) == 5 and len(data["gain"]) == 2 and len(data["digits"]) == 3
+    assert data["command"].startswith("python benchmarks/parameters.py --problems 2")
+    assert "grid_width" in data["digits"][0] and "log_evidence_at_truth_4" in data["digits"][-1]
