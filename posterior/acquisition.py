@@ -29,7 +29,7 @@ from operators import GaussianNoise, Inpainting, LinearOperator
 from operators.checks import as_int
 from posterior.problem import InverseProblem
 from posterior.results import PosteriorSamples, measurement_digest
-from posterior.utils import make_generator
+from posterior.utils import make_generator, progress_bar
 
 POLICIES = ("max_entropy", "max_variance", "random", "equispaced", "variable_density")
 
@@ -166,8 +166,10 @@ class Step:
 
 @dataclass
 class Acquisition:
-    """The outcome of :func:`acquire`: the acquired candidates in order, the measurements, the
-    posterior after each acquisition (``posteriors[i]`` after ``order[: i + 1]``) and each step."""
+    """The outcome of :func:`acquire`: the acquired candidates in order (the initial ones first), the
+    measurements, the posterior after the initial candidates and after each choice
+    (``posteriors[0]``, then ``posteriors[i]`` after the ``i``-th), and each step (``steps[0]`` is the
+    initial run)."""
 
     order: list[int]
     y: Tensor  # (*full.out_shape): the acquired outputs, zeros elsewhere
@@ -194,6 +196,7 @@ def acquire(
     reweight: bool = True,
     ess_threshold: float = 0.5,
     seed: int | None = None,
+    progress: bool = True,
 ) -> Acquisition:
     """Acquire ``budget`` candidates one at a time, each chosen by ``policy`` from the current posterior.
 
@@ -224,6 +227,9 @@ def acquire(
         Update weighted particles by the new measurement's likelihood while every run keeps
         ``ess_threshold`` of its particles effective; otherwise (and for unweighted samplers) run afresh.
     seed : int, optional
+        The same seed gives the same acquisitions and draws on the same device.
+    progress : bool
+        A progress bar over the acquisitions.
 
     Returns
     -------
@@ -277,7 +283,7 @@ def acquire(
     start = time.perf_counter()
     posteriors.append(fresh())
     steps.append(Step(initial[-1], None, "fresh", time.perf_counter() - start))
-    for _ in range(budget):
+    for _ in progress_bar(range(budget), progress, f"acquire ({policy})"):
         current = posteriors[-1]
         left = [k for k in range(family.size) if k not in order]
         if policy in ("max_entropy", "max_variance"):

@@ -53,7 +53,16 @@ def pick_rate(sampler, seeds, budget: int = 4, separation: float = 1.2, **kw) ->
     for seed in seeds:
         family, prior, rows, source = design_problem(seed)
         result = acquisition.acquire(
-            family, prior, sampler, budget, source, ops.GaussianNoise(SIGMA), initial=[0], seed=seed, **kw
+            family,
+            prior,
+            sampler,
+            budget,
+            source,
+            ops.GaussianNoise(SIGMA),
+            initial=[0],
+            seed=seed,
+            progress=False,
+            **kw,
         )
         for i, step in enumerate(result.steps[1:], start=1):
             best, ratio = greedy_best(prior, rows, result.order[:i])
@@ -151,6 +160,7 @@ def test_afdps_particles_are_reweighted_when_they_stay_effective():
         chains=4,
         seed=0,
         ess_threshold=0.1,
+        progress=False,
     )
     assert [s.update for s in result.steps] == ["fresh", "reweighted"]
     problem = post.InverseProblem(family.operator(result.order), ops.GaussianNoise(SIGMA), result.y)
@@ -183,6 +193,7 @@ def test_a_callback_reads_a_precomputed_acquisition_and_bad_input_is_refused():
             initial=[0],
             seed=0,
             num_samples=64,
+            progress=False,
         )
         assert calls == result.order and len(set(result.order)) == 4 and len(result.posteriors) == 4
         assert bool((result.y[result.order] == source(0)[result.order]).all())
@@ -244,6 +255,7 @@ def test_mri_columns_are_the_mri_operator_with_a_column_mask():
         policy="variable_density",
         seed=0,
         num_samples=4,
+        progress=False,
     )
     assert result.order == [0, 5]
     with pytest.raises(ValueError, match="needs family.density"):
@@ -256,4 +268,5 @@ def test_mri_columns_are_the_mri_operator_with_a_column_mask():
             source,
             ops.GaussianNoise(SIGMA),
             policy="variable_density",
+            progress=False,
         )
