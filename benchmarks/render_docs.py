@@ -493,6 +493,38 @@ def parameters_digits(data: dict) -> list[str]:
     return lines
 
 
+def acquisition_mri(data: dict) -> list[str]:
+    """``benchmarks/acquisition.py``: per acceleration and policy, the mean +- standard error over the
+    images of PSNR, SSIM and 90% coverage, and max_entropy's paired PSNR gain over the policy."""
+
+    def cell(v) -> str:
+        return f"{v[0]:.2f} ± {v[1]:.2f}"
+
+    images = len({r["image"] for r in data["rows"]})
+    lines = markdown(
+        [
+            "acceleration",
+            "policy",
+            "PSNR (dB)",
+            "SSIM",
+            "90% coverage",
+            "max_entropy minus this, PSNR (paired)",
+        ],
+        [
+            [
+                e["acceleration"],
+                e["policy"],
+                cell(e["psnr"]),
+                cell(e["ssim"]),
+                cell(e["coverage"]),
+                "" if e["policy"] == "max_entropy" else cell(e["psnr_max_entropy_minus"]),
+            ]
+            for e in data["summary"]
+        ],
+    )
+    return [*lines, "", f"Means ± standard errors over {images} held-out images."]
+
+
 TABLES = {  # name -> (JSON files under docs/results, renderer of their rows pooled)
     "gmm-baselines": (("gmm-baselines",), lambda data: gmm(data, "steps")),
     "gmm-large": (("gmm-large",), lambda data: gmm(data, "steps")),
@@ -521,6 +553,7 @@ TABLES = {  # name -> (JSON files under docs/results, renderer of their rows poo
     "classifiers": (("priors-images",), classifiers),
     "ultrasound-quality": (("priors-ultrasound",), lambda data: prior_quality(data, "patch", "patches")),
     "ultrasound-denoising": (("priors-ultrasound",), denoising),
+    "acquisition-mri": (("acquisition",), acquisition_mri),
     "parameters-noise-level": (("parameters",), parameters_noise_level),
     "parameters-gain": (("parameters",), parameters_gain),
     "parameters-digits": (("parameters",), parameters_digits),

@@ -235,3 +235,11 @@ def test_parameters_benchmark(tmp_path):
     assert len(data["noise_level"]) == 5 and len(data["gain"]) == 2 and len(data["digits"]) == 3
     assert data["command"].startswith("python benchmarks/parameters.py --problems 2")
     assert "grid_width" in data["digits"][0] and "log_evidence_at_truth_4" in data["digits"][-1]
+
+
+def test_acquisition_benchmark(tmp_path):
+    out = tmp_path / "acquisition.json"
+    load("acquisition").main(["--images", "2", "--steps", "3", "--particles", "4", "--out", str(out)])
+    data = json.loads(out.read_text())
+    assert len(data["rows"]) == 8 and len(data["summary"]) == 8
+    assert all(len(r["order"]) == 8 and r["order"][0] == 0 for r in data["rows"])
