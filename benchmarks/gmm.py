@@ -120,6 +120,8 @@ SAMPLERS = {
     "exact-ess50": lambda steps: ExactDraws(steps, 0.5),
     "dps": lambda steps: post.samplers.DPS(steps=steps, guidance="residual", step_size=1.0),
     "dps-likelihood": lambda steps: post.samplers.DPS(steps=steps, guidance="likelihood", step_size=1.0),
+    "dds": lambda steps: post.samplers.DDS(steps=steps),
+    "dds-ddim": lambda steps: post.samplers.DDS(steps=steps, eta=0.0),
     "reddiff-point": lambda steps: post.samplers.RedDiff(steps=steps, mode="point"),
     "reddiff-gaussian": lambda steps: post.samplers.RedDiff(steps=steps, mode="gaussian"),
     "lml": lambda steps: post.samplers.LevenbergMarquardtLangevin(steps=steps),

@@ -46,6 +46,7 @@ def gmm(data: dict, key: str) -> list[str]:
         return problem_name(r), r["sampler"].split()[0]  # "afdps 4x16" -> "afdps"
 
     cells = {(*line(r), r[key]): r for r in rows}
+    problems = list(dict.fromkeys(p for p, _ in map(line, rows)))  # pooled files: rows by problem
     header = [f"{k} steps" if key == "steps" else f"N={k}" for k in columns]
     return markdown(
         ["problem", "sampler", *header],
@@ -58,7 +59,7 @@ def gmm(data: dict, key: str) -> list[str]:
                     for c in (cells[p, s, k] for k in columns)
                 ),
             ]
-            for p, s in dict.fromkeys(map(line, rows))
+            for p, s in sorted(dict.fromkeys(map(line, rows)), key=lambda ps: problems.index(ps[0]))
         ],
     )
 
@@ -493,7 +494,7 @@ def parameters_digits(data: dict) -> list[str]:
     return lines
 
 
-def acquisition_mri(data: dict) -> list[str]:
+def acquisition(data: dict) -> list[str]:
     """``benchmarks/acquisition.py``: per acceleration and policy, the mean +- standard error over the
     images of PSNR, SSIM and 90% coverage, and max_entropy's paired PSNR gain over the policy."""
 
@@ -525,8 +526,50 @@ def acquisition_mri(data: dict) -> list[str]:
     return [*lines, "", f"Means ± standard errors over {images} held-out images."]
 
 
+def phantoms_table(data: dict) -> list[str]:
+    """``benchmarks/phantoms.py``: per task and sampler, means +- standard errors over the images of PSNR,
+    SSIM and 90% coverage, the paired PSNR difference to DPS, NFE and VJPs per draw, seconds per image
+    and the time over DPS's in the same run."""
+
+    def cell(entry: dict, key: str, digits: int = 2) -> str:
+        if key not in entry:
+            return "-"
+        mean, se = entry[key]
+        return f"{mean:.{digits}f} ± {se:.{digits}f}" if se == se else f"{mean:.{digits}f}"
+
+    images = len({r["image"] for r in data["rows"]})
+    lines = markdown(
+        [
+            "task",
+            "method",
+            "PSNR (dB)",
+            "SSIM",
+            "90% coverage",
+            "PSNR minus DPS",
+            "NFE (VJP)",
+            "s per image",
+            "time / DPS",
+        ],
+        [
+            [
+                e["task"],
+                e["sampler"],
+                cell(e, "psnr"),
+                cell(e, "ssim"),
+                cell(e, "coverage"),
+                cell(e, "psnr_minus_dps"),
+                f"{e['nfe'][0]:.0f} ({e['vjp'][0]:.0f})" if "nfe" in e else "-",
+                f"{e['seconds'][0]:.1f}" if "seconds" in e else "-",
+                f"{e['time_over_dps']:.2f}" if "time_over_dps" in e else "-",
+            ]
+            for e in data["summary"]
+        ],
+    )
+    return [*lines, "", f"Means ± standard errors over {images} held-out images."]
+
+
 TABLES = {  # name -> (JSON files under docs/results, renderer of their rows pooled)
-    "gmm-baselines": (("gmm-baselines",), lambda data: gmm(data, "steps")),
+    "gmm-baselines": (("gmm-baselines", "gmm-dds"), lambda data: gmm(data, "steps")),
     "gmm-large": (("gmm-large",), lambda data: gmm(data, "steps")),
     "smc-particles": (("smc-particles",), lambda data: gmm(data, "particles")),
     "smc-budget": (("smc-budget",), lambda data: gmm(data, "particles")),
@@ -553,7 +596,9 @@ TABLES = {  # name -> (JSON files under docs/results, renderer of their rows poo
     "classifiers": (("priors-images",), classifiers),
     "ultrasound-quality": (("priors-ultrasound",), lambda data: prior_quality(data, "patch", "patches")),
     "ultrasound-denoising": (("priors-ultrasound",), denoising),
-    "acquisition-mri": (("acquisition",), acquisition_mri),
+    "acquisition-mri": (("acquisition",), acquisition),
+    "acquisition-digits": (("acquisition_digits",), acquisition),
+    "phantoms": (("phantoms",), phantoms_table),
     "parameters-noise-level": (("parameters",), parameters_noise_level),
     "parameters-gain": (("parameters",), parameters_gain),
     "parameters-digits": (("parameters",), parameters_digits),

@@ -295,24 +295,7 @@ class LinearOperator(Operator):
         -------
         Tensor, shape (n, *in_shape)
         """
-        b = self.adjoint_checked(y)
-        x = torch.zeros_like(b)
-        r = b.clone()
-        p = r.clone()
-        dims = tuple(range(1, b.dim()))
-        rs = (r * r).sum(dims, keepdim=True)
-        stop = tol**2 * rs.clamp_min(torch.finfo(b.dtype).tiny)
-        for _ in range(steps):
-            if bool((rs <= stop).all()):
-                break
-            Ap = self.gram(p)
-            alpha = rs / (p * Ap).sum(dims, keepdim=True).clamp_min(torch.finfo(b.dtype).tiny)
-            x = x + alpha * p
-            r = r - alpha * Ap
-            rs_new = (r * r).sum(dims, keepdim=True)
-            p = r + (rs_new / rs.clamp_min(torch.finfo(b.dtype).tiny)) * p
-            rs = rs_new
-        return x
+        return conjugate_gradient(self.gram, self.adjoint_checked(y), None, steps, tol)[0]
 
     # -- algebra --------------------------------------------------------------------------------
     def __matmul__(self, other: Operator) -> Operator:
@@ -481,3 +464,35 @@ class Matrix(LinearOperator):
         check_batch(y, self.out_shape, "y")
         svd = self.svd()
         return svd.v(svd.ut(y) / like(svd.s, y))
+
+
+def conjugate_gradient(
+    apply: Callable[[Tensor], Tensor], b: Tensor, x: Tensor | None, steps: int, tol: float = 1e-10
+) -> tuple[Tensor, int]:
+    """Conjugate gradients on ``M x = b`` for a symmetric positive (semi-)definite ``M`` given as
+    ``apply(x) = M x``, one system per row of ``b`` (shape ``(n, ...)``), started at ``x`` (``None``:
+    zero, which saves one product).
+
+    Runs ``steps`` iterations (one product with ``M`` each, plus one for the starting residual), or
+    fewer once every row's residual is below ``tol`` times its initial norm. Returns the solution and
+    the iterations run."""
+    if x is None:
+        x, r = torch.zeros_like(b), b.clone()
+    else:
+        r = b - apply(x)
+    p = r.clone()
+    dims = tuple(range(1, b.dim()))
+    tiny = torch.finfo(b.dtype).tiny
+    rs = (r * r).sum(dims, keepdim=True)
+    stop = tol**2 * rs.clamp_min(tiny)
+    for done in range(steps):
+        if bool((rs <= stop).all()):
+            return x, done
+        Mp = apply(p)
+        alpha = rs / (p * Mp).sum(dims, keepdim=True).clamp_min(tiny)
+        x = x + alpha * p
+        r = r - alpha * Mp
+        rs_new = (r * r).sum(dims, keepdim=True)
+        p = r + (rs_new / rs.clamp_min(tiny)) * p
+        rs = rs_new
+    return x, steps

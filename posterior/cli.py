@@ -79,7 +79,19 @@ from posterior.jobs import ConfigError
 if typing.TYPE_CHECKING:
     import torch
 
-BENCHMARKS = ("gmm", "cost", "images", "dehazing", "calibration", "priors", "mcmc_digits", "gpu_check")
+BENCHMARKS = (
+    "gmm",
+    "cost",
+    "images",
+    "dehazing",
+    "calibration",
+    "priors",
+    "mcmc_digits",
+    "parameters",
+    "acquisition",
+    "phantoms",
+    "gpu_check",
+)
 JOB = "job.toml"  # the copy of the job file in the output folder
 RUN_FILES = ("checkpoint.pt", "report.md", "samples.safetensors", "summary.csv", "summary.png", "draws.png",
              "convergence.png", "smc_ess.png", "ranks.png", "coverage.png")  # what a run writes (job.toml aside)

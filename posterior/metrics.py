@@ -6,6 +6,7 @@ independent exact sample sets of the same sizes (see :func:`floor`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -162,3 +163,10 @@ def ssim(
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     index = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
     return float(index.mean())
+
+
+def standard_error(values: Tensor) -> float:
+    """The standard error of the mean of ``values`` (shape ``(n,)``), ``std / sqrt(n)``; NaN for one value."""
+    values = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
+    return float(values.std() / math.sqrt(len(values))) if len(values) > 1 else math.nan
+

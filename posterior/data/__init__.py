@@ -5,7 +5,7 @@ scikit-image's bundled CT phantom, and ``phantoms`` and the ultrasound frames an
 generated procedurally. The first two need the ``data`` extra (``pip install 'posterior[data]'``).
 """
 
-from posterior.data.ct_phantoms import phantoms, shepp_logan
+from posterior.data.ct_phantoms import held_out_phantoms, phantoms, shepp_logan
 from posterior.data.sklearn_digits import digits, random_shift
 from posterior.data.ultrasound import (
     UltrasoundConfig,
@@ -26,6 +26,7 @@ __all__ = [
     "digits",
     "envelope",
     "gcnr",
+    "held_out_phantoms",
     "ks_statistic",
     "phantoms",
     "random_shift",

@@ -158,3 +158,16 @@ def shepp_logan(size: int = 32) -> Tensor:
     x = F.interpolate(x, size=(size, size), mode=mode)
     x = (x - x.min()) / (x.max() - x.min())
     return x.to(torch.float32).clamp(0.0, 1.0)
+
+
+def held_out_phantoms(count: int, size: int = 32) -> Tensor:
+    """The held-out test images of the bundled ``phantoms`` prior, shape ``(count, 1, size, size)``: the
+    Shepp-Logan phantom first, then ``phantoms(count - 1, size, seed=10_000)`` (the prior was trained
+    on other seeds and validated on these)."""
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
+    images = [shepp_logan(size).reshape(1, 1, size, size)]
+    if count > 1:
+        images.append(phantoms(count - 1, size, seed=10_000).reshape(count - 1, 1, size, size))
+    return torch.cat(images)
+

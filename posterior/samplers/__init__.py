@@ -9,6 +9,7 @@ that :meth:`Sampler.sample` drives; the maths several of them share lives in
 
 from posterior.samplers.afdps import AFDPS
 from posterior.samplers.base import Sampler
+from posterior.samplers.dds import DDS
 from posterior.samplers.dlg import DenoisingLangevinGibbs
 from posterior.samplers.dps import DPS
 from posterior.samplers.exact import ExactPosterior
@@ -21,6 +22,7 @@ from posterior.samplers.tds import TDS
 
 __all__ = [
     "AFDPS",
+    "DDS",
     "DPS",
     "DenoisingLangevinGibbs",
     "ExactPosterior",

@@ -243,3 +243,22 @@ def test_acquisition_benchmark(tmp_path):
     data = json.loads(out.read_text())
     assert len(data["rows"]) == 8 and len(data["summary"]) == 8
     assert all(len(r["order"]) == 8 and r["order"][0] == 0 for r in data["rows"])
+
+
+def test_acquisition_benchmark_on_digits_draws_its_figure(tmp_path):
+    out, figure = tmp_path / "digits.json", tmp_path / "masks.png"
+    argv = ["--task", "digits", "--images", "2", "--steps", "2", "--particles", "2"]
+    load("acquisition").main([*argv, "--figure", str(figure), "--out", str(out)])
+    data = json.loads(out.read_text())
+    assert len(data["rows"]) == 6 and {e["acceleration"] for e in data["summary"]} == {"8x", "4x"}
+    assert all(len(r["order"]) == 64 and len(r["updates"]) == 16 for r in data["rows"])
+    assert figure.stat().st_size > 10_000
+
+
+def test_phantoms_benchmark(tmp_path):
+    out = tmp_path / "phantoms.json"
+    argv = ["dds-50", "dds-50-ddim", "--tasks", "ct-12", "mri-8x", "--images", "2", "--draws", "2"]
+    load("phantoms").main([*argv, "--out", str(out)])
+    data = json.loads(out.read_text())
+    assert len(data["rows"]) == 2 * 2 * 3 and len(data["summary"]) == 2 * 3
+    assert all(r["vjp"] == 0 and r["nfe"] == 50 for r in data["rows"] if r["sampler"] != "classical")

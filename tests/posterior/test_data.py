@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from posterior.data import digits, phantoms, random_shift, shepp_logan
+from posterior.data import digits, held_out_phantoms, phantoms, random_shift, shepp_logan
 
 
 @pytest.fixture(scope="module")
@@ -125,3 +125,13 @@ def test_shepp_logan_shape_and_range():
     assert float(x.min()) == 0.0 and float(x.max()) == 1.0
     assert float(x[..., 0, 0]) == 0.0 and float(x[..., 16, 16]) > 0.0
     assert shepp_logan(64).shape == (1, 1, 64, 64)
+
+
+def test_held_out_phantoms_are_shepp_logan_then_the_validation_seed():
+    images = held_out_phantoms(3, 16)
+    assert images.shape == (3, 1, 16, 16)
+    assert torch.equal(images[0], shepp_logan(16)[0])
+    assert torch.equal(images[1:], phantoms(2, 16, seed=10_000).reshape(2, 1, 16, 16))
+    assert torch.equal(held_out_phantoms(1, 16), shepp_logan(16))
+    with pytest.raises(ValueError, match="count must be >= 1"):
+        held_out_phantoms(0)

@@ -84,3 +84,8 @@ def test_ssim_matches_scikit_image_and_orders_degradations():
     )
     assert metrics.ssim(slightly[0], a[0]) == pytest.approx(reference, abs=1e-10)
     assert metrics.ssim(a, a) == pytest.approx(1.0) and metrics.ssim(badly, a) < metrics.ssim(slightly, a)
+
+
+def test_standard_error_of_the_mean():
+    assert metrics.standard_error(torch.tensor([1.0, 2.0, 3.0, 4.0])) == pytest.approx(math.sqrt(5 / 3) / 2)
+    assert math.isnan(metrics.standard_error(torch.tensor([1.0])))

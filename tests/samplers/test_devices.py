@@ -14,6 +14,7 @@ DEVICES = [
 S = post.samplers
 SAMPLERS = {
     "dps": lambda: S.DPS(steps=8),
+    "dds": lambda: S.DDS(steps=8),
     "reddiff": lambda: S.RedDiff(steps=8),
     "reddiff-gaussian": lambda: S.RedDiff(steps=8, mode="gaussian"),
     "afdps": lambda: S.AFDPS(steps=8),

@@ -39,6 +39,7 @@ CASES = textwrap.dedent(
     CASES = {
         "dps": (mixture, lambda: S.DPS(steps=12, step_size=0.5, corrector_steps=1)),
         "dps-digits": (digits, lambda: S.DPS(steps=10)),
+        "dds": (mixture, lambda: S.DDS(steps=12)),
         "joint": (mixture, lambda: S.JointPosterior(steps=12)),
         "lml": (mixture, lambda: S.LevenbergMarquardtLangevin(steps=12, corrector_steps=1, kappa=0.5)),
         "dlg": (mixture, lambda: S.DenoisingLangevinGibbs(burn_in=4, thin=2, init_steps=3, ode_steps=2, levels=8)),

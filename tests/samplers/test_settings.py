@@ -20,6 +20,7 @@ CONCRETE = [
     S.TDS,
     S.MCGdiff,
     S.DPS,
+    S.DDS,
     S.LevenbergMarquardtLangevin,
     S.DenoisingLangevinGibbs,
     S.RedDiff,
