@@ -41,6 +41,7 @@ SAMPLERS = {
     "mcgdiff": lambda steps: post.samplers.MCGdiff(steps=steps),
     "tds": lambda steps: post.samplers.TDS(steps=steps),
     "dps": lambda steps: post.samplers.DPS(steps=steps),
+    "dds": lambda steps: post.samplers.DDS(steps=steps),
     "lml": lambda steps: post.samplers.LevenbergMarquardtLangevin(steps=steps // 2),
     "dlg": lambda steps: post.samplers.DenoisingLangevinGibbs(burn_in=steps, thin=2),
     "reddiff": lambda steps: post.samplers.RedDiff(steps=steps, init_noise=1.0),

@@ -88,7 +88,7 @@ def run(sampler_name: str, problem, prior, truth, draws: int, particles: int, se
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("samplers", nargs="*", choices=[[], *SAMPLERS], help="default: all")
+    parser.add_argument("samplers", nargs="*", help=f"any of {', '.join(SAMPLERS)} (default: all)")
     parser.add_argument(
         "--tasks", nargs="+", default=[*ANGLES, *ACCELERATION], choices=[*ANGLES, *ACCELERATION]
     )
@@ -98,6 +98,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/phantoms.json"))
     args = parser.parse_args(argv)
     args.samplers = args.samplers or list(SAMPLERS)
+    if unknown := [name for name in args.samplers if name not in SAMPLERS]:
+        parser.error(f"unknown samplers {unknown}; choose from {list(SAMPLERS)}")
     torch.set_num_threads(1)
     warnings.simplefilter("ignore", post.diagnostics.PosteriorWarning)  # graded by the metrics here
     prior = post.priors.pretrained("phantoms")

@@ -494,12 +494,18 @@ def parameters_digits(data: dict) -> list[str]:
     return lines
 
 
+def mean_se(entry: dict, key: str, digits: int = 2) -> str:
+    """``entry[key] = [mean, standard error]`` as ``mean ± se`` (the mean alone when the error is NaN;
+    ``-`` when the key is missing)."""
+    if key not in entry:
+        return "-"
+    mean, se = entry[key]
+    return f"{mean:.{digits}f} ± {se:.{digits}f}" if se == se else f"{mean:.{digits}f}"
+
+
 def acquisition(data: dict) -> list[str]:
     """``benchmarks/acquisition.py``: per acceleration and policy, the mean +- standard error over the
     images of PSNR, SSIM and 90% coverage, and max_entropy's paired PSNR gain over the policy."""
-
-    def cell(v) -> str:
-        return f"{v[0]:.2f} ± {v[1]:.2f}"
 
     images = len({r["image"] for r in data["rows"]})
     lines = markdown(
@@ -515,10 +521,10 @@ def acquisition(data: dict) -> list[str]:
             [
                 e["acceleration"],
                 e["policy"],
-                cell(e["psnr"]),
-                cell(e["ssim"]),
-                cell(e["coverage"]),
-                "" if e["policy"] == "max_entropy" else cell(e["psnr_max_entropy_minus"]),
+                mean_se(e, "psnr"),
+                mean_se(e, "ssim"),
+                mean_se(e, "coverage"),
+                "" if e["policy"] == "max_entropy" else mean_se(e, "psnr_max_entropy_minus"),
             ]
             for e in data["summary"]
         ],
@@ -530,12 +536,6 @@ def phantoms_table(data: dict) -> list[str]:
     """``benchmarks/phantoms.py``: per task and sampler, means +- standard errors over the images of PSNR,
     SSIM and 90% coverage, the paired PSNR difference to DPS, NFE and VJPs per draw, seconds per image
     and the time over DPS's in the same run."""
-
-    def cell(entry: dict, key: str, digits: int = 2) -> str:
-        if key not in entry:
-            return "-"
-        mean, se = entry[key]
-        return f"{mean:.{digits}f} ± {se:.{digits}f}" if se == se else f"{mean:.{digits}f}"
 
     images = len({r["image"] for r in data["rows"]})
     lines = markdown(
@@ -554,10 +554,10 @@ def phantoms_table(data: dict) -> list[str]:
             [
                 e["task"],
                 e["sampler"],
-                cell(e, "psnr"),
-                cell(e, "ssim"),
-                cell(e, "coverage"),
-                cell(e, "psnr_minus_dps"),
+                mean_se(e, "psnr"),
+                mean_se(e, "ssim"),
+                mean_se(e, "coverage"),
+                mean_se(e, "psnr_minus_dps"),
                 f"{e['nfe'][0]:.0f} ({e['vjp'][0]:.0f})" if "nfe" in e else "-",
                 f"{e['seconds'][0]:.1f}" if "seconds" in e else "-",
                 f"{e['time_over_dps']:.2f}" if "time_over_dps" in e else "-",
@@ -566,6 +566,58 @@ def phantoms_table(data: dict) -> list[str]:
         ],
     )
     return [*lines, "", f"Means ± standard errors over {images} held-out images."]
+
+
+def volumes_table(data: dict) -> list[str]:
+    """``benchmarks/volumes.py``: per method, means +- standard errors over the volumes of PSNR, SSIM and
+    the slice-difference error, DiffusionMBIR's paired differences to slice by slice, seconds."""
+
+    volumes = len({r["volume"] for r in data["rows"]})
+    lines = markdown(
+        [
+            "method",
+            "PSNR (dB)",
+            "SSIM",
+            "slice-difference error",
+            "PSNR minus slice by slice",
+            "error minus slice by slice",
+            "s per volume",
+        ],
+        [
+            [
+                e["method"],
+                mean_se(e, "psnr", 2),
+                mean_se(e, "ssim", 3),
+                mean_se(e, "z_error", 4),
+                "" if e["method"] == "slice-by-slice" else mean_se(e, "psnr_minus_slice", 2),
+                "" if e["method"] == "slice-by-slice" else mean_se(e, "z_error_minus_slice", 4),
+                f"{e['seconds'][0]:.0f}" if "seconds" in e else "-",
+            ]
+            for e in data["summary"]
+        ],
+    )
+    import torch
+
+    from posterior.metrics import standard_error
+
+    by = {m: [r for r in data["rows"] if r["method"] == m] for m in ("diffusion-mbir", "admm-coupling-only")}
+    paired = []
+    for metric, digits in (("psnr", 2), ("z_error", 4)):
+        gain = torch.tensor(
+            [
+                a[metric] - b[metric]
+                for a, b in zip(by["diffusion-mbir"], by["admm-coupling-only"], strict=True)
+            ],
+            dtype=torch.float64,
+        )
+        paired.append(f"{float(gain.mean()):.{digits}f} ± {standard_error(gain):.{digits}f}")
+    return [
+        *lines,
+        "",
+        f"Means ± standard errors over {volumes} volumes; differences paired by volume. DiffusionMBIR minus "
+        f"admm-coupling-only (the total variation's own share): PSNR {paired[0]} dB, slice-difference "
+        f"error {paired[1]}.",
+    ]
 
 
 TABLES = {  # name -> (JSON files under docs/results, renderer of their rows pooled)
@@ -578,10 +630,15 @@ TABLES = {  # name -> (JSON files under docs/results, renderer of their rows poo
     "gmm-candidates": (("gmm-candidates",), lambda data: gmm_grid(data, per_instance=False)),
     "mcmc": (("mcmc",), lambda data: gmm(data, "steps")),
     "mcmc-digits": (("mcmc-digits",), mcmc_digits),
-    "calibration-separated": (("calibration-separated",), calibration),
-    "calibration-overlapping": (("calibration-overlapping",), calibration),
+    "calibration-separated": (("calibration-separated", "calibration-separated-dds"), calibration),
+    "calibration-overlapping": (("calibration-overlapping", "calibration-overlapping-dds"), calibration),
     "calibration-digits": (
-        ("calibration-digits-afdps", "calibration-digits-smc", "calibration-digits-mcmc"),
+        (
+            "calibration-digits-afdps",
+            "calibration-digits-smc",
+            "calibration-digits-mcmc",
+            "calibration-digits-dds",
+        ),
         calibration,
     ),
     "false-alarm": (("false-alarm",), false_alarm),
@@ -599,6 +656,7 @@ TABLES = {  # name -> (JSON files under docs/results, renderer of their rows poo
     "acquisition-mri": (("acquisition",), acquisition),
     "acquisition-digits": (("acquisition_digits",), acquisition),
     "phantoms": (("phantoms",), phantoms_table),
+    "volumes": (("volumes",), volumes_table),
     "parameters-noise-level": (("parameters",), parameters_noise_level),
     "parameters-gain": (("parameters",), parameters_gain),
     "parameters-digits": (("parameters",), parameters_digits),

@@ -31,6 +31,7 @@ from operators.nonlinear import PhaseRetrieval
 from operators.radon import Radon
 from operators.testing import adjoint_gap, check_adjoint
 from operators.ultrasound import HazeLink
+from operators.volume import SliceWise
 
 __all__ = [
     "SVD",
@@ -56,6 +57,7 @@ __all__ = [
     "PyroLikelihood",
     "Radon",
     "Scaled",
+    "SliceWise",
     "StudentTNoise",
     "Sum",
     "adjoint_gap",

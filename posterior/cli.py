@@ -90,6 +90,7 @@ BENCHMARKS = (
     "parameters",
     "acquisition",
     "phantoms",
+    "volumes",
     "gpu_check",
 )
 JOB = "job.toml"  # the copy of the job file in the output folder

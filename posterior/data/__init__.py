@@ -5,7 +5,7 @@ scikit-image's bundled CT phantom, and ``phantoms`` and the ultrasound frames an
 generated procedurally. The first two need the ``data`` extra (``pip install 'posterior[data]'``).
 """
 
-from posterior.data.ct_phantoms import held_out_phantoms, phantoms, shepp_logan
+from posterior.data.ct_phantoms import held_out_phantoms, phantom_volumes, phantoms, shepp_logan
 from posterior.data.sklearn_digits import digits, random_shift
 from posterior.data.ultrasound import (
     UltrasoundConfig,
@@ -28,6 +28,7 @@ __all__ = [
     "gcnr",
     "held_out_phantoms",
     "ks_statistic",
+    "phantom_volumes",
     "phantoms",
     "random_shift",
     "scan_convert",

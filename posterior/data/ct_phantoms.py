@@ -76,8 +76,14 @@ def phantoms(n: int, size: int = 32, seed: int | torch.Generator = 0, *, supersa
 
     # All random numbers of phantom i come from row i of one uniform draw, so (on CPU) the first
     # phantoms do not depend on n.
-    k = MAX_INNER
-    u = torch.rand((n, 12 + 7 * k), generator=gen, device=device)
+    u = torch.rand((n, 12 + 7 * MAX_INNER), generator=gen, device=device)
+    return _draw(*_ellipse_parameters(u), size, supersample)
+
+
+def _ellipse_parameters(u: Tensor):
+    """The ellipses of ``n`` random phantoms from uniforms ``u`` of shape ``(n, 12 + 7 k)``:
+    ``((cx, cy, a, b, theta), v_skull, v_body, vk)`` as :func:`_draw` takes them."""
+    n, k, device = u.shape[0], MAX_INNER, u.device
     uk = u[:, 12:].reshape(n, 7, k)
 
     def scale(v: Tensor, lo: float, hi: float) -> Tensor:
@@ -103,14 +109,95 @@ def phantoms(n: int, size: int = 32, seed: int | torch.Generator = 0, *, supersa
     vk = torch.where(uk[:, 5] < 0.5, -1.0, 1.0) * scale(uk[:, 6], 0.1, 0.3)
     vk = vk * (torch.arange(k, device=device) < count)  # unused slots contribute nothing
 
-    coeff = torch.cat(
-        [
-            _quadratic_coefficients(cx0, cy0, a0, b0, theta0)[:, None],
-            _quadratic_coefficients(cx1, cy1, a1, b1, theta0)[:, None],
-            _quadratic_coefficients(cxk, cyk, ak, bk, thetak),
-        ],
-        dim=1,
-    )  # (n, 2 + k, 6)
+    ellipses = (
+        torch.cat([cx0[:, None], cx1[:, None], cxk], 1),
+        torch.cat([cy0[:, None], cy1[:, None], cyk], 1),
+        torch.cat([a0[:, None], a1[:, None], ak], 1),
+        torch.cat([b0[:, None], b1[:, None], bk], 1),
+        torch.cat([theta0[:, None], theta0[:, None], thetak], 1),
+    )  # each (n, 2 + k): the skull, the body, the inner ellipses
+    return ellipses, v_skull, v_body, vk
+
+
+def phantom_volumes(
+    n: int, size: int = 32, depth: int = 32, seed: int | torch.Generator = 0, *, supersample: int = 2
+) -> Tensor:
+    """Random 3D phantoms whose axial slices are phantoms like :func:`phantoms`, varying smoothly along
+    ``z``: the skull and body are ellipsoid-like shells (each slice's ellipses scaled by
+    ``sqrt(1 - (z / z_r)^2)``, ``z_r`` in 1.6..2.0, so the end slices are slightly smaller heads) and
+    each inner ellipse is the slice of an ellipsoid centred at ``z_c`` in -0.7..0.7 with half-height
+    0.2..0.6.
+
+    Parameters
+    ----------
+    n : int
+        Number of volumes.
+    size : int
+        Side length of a slice in pixels; the field of view is ``[-1, 1]^3``.
+    depth : int
+        Slices along ``z`` (centres ``(2j + 1) / depth - 1``).
+    seed : int or torch.Generator
+        The same seed gives the same volumes; the first ``m`` of ``n`` do not depend on ``n`` (CPU).
+    supersample : int
+        In-plane anti-aliasing, as for :func:`phantoms`.
+
+    Returns
+    -------
+    Tensor, shape (n, 1, depth, size, size), float32 in [0, 1].
+    """
+    for name, value, low in (
+        ("n", n, 0),
+        ("size", size, 1),
+        ("depth", depth, 1),
+        ("supersample", supersample, 1),
+    ):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    gen, device = make_generator(seed, "cpu")
+    k = MAX_INNER
+    u = torch.rand((n, 12 + 7 * k + 1 + 2 * k), generator=gen, device=device)
+    v = u[
+        :, 12 + 7 * k :
+    ]  # the z parameters: the head's z radius, then each inner ellipsoid's centre and height
+    (cx, cy, a, b, theta), v_skull, v_body, vk = _ellipse_parameters(u[:, : 12 + 7 * k])
+    z = (2 * torch.arange(depth, device=device, dtype=torch.float32) + 1) / depth - 1  # (depth,)
+    z_r = 1.6 + 0.4 * v[:, :1]  # (n, 1): the end slices keep about 0.8 of the head (smaller than 2D ones)
+    head = torch.sqrt((1 - (z / z_r) ** 2).clamp(min=0))  # (n, depth): scale of skull and body
+    z_c, height = -0.7 + 1.4 * v[:, 1 : 1 + k], 0.2 + 0.4 * v[:, 1 + k :]  # (n, k)
+    inner = torch.sqrt((1 - ((z[None, :, None] - z_c[:, None]) / height[:, None]) ** 2).clamp(min=0))
+    scale = torch.cat([head[..., None].expand(n, depth, 2), head[..., None] * inner], -1)  # (n, depth, 2 + k)
+    present = scale > 0
+    scale = torch.where(present, scale, torch.ones_like(scale))  # absent ellipses get no intensity below
+    centre_x, centre_y = cx[:, None, 1:2], cy[:, None, 1:2]  # inner offsets shrink with the body
+    shrink = torch.cat(
+        [torch.ones_like(head[..., None].expand(n, depth, 2)), head[..., None].expand(n, depth, k)], -1
+    )
+    slices = (
+        centre_x + (cx[:, None] - centre_x) * shrink,
+        centre_y + (cy[:, None] - centre_y) * shrink,
+        a[:, None] * scale,
+        b[:, None] * scale,
+        theta[:, None].expand(n, depth, 2 + k),
+    )
+    vk = vk[:, None] * present[..., 2:]
+    out = _draw(
+        tuple(t.reshape(n * depth, 2 + k) for t in slices),
+        v_skull.repeat_interleave(depth),
+        v_body.repeat_interleave(depth),
+        vk.reshape(n * depth, k),
+        size,
+        supersample,
+    )
+    return out.reshape(n, depth, 1, size, size).movedim(1, 2)
+
+
+def _draw(ellipses, v_skull: Tensor, v_body: Tensor, vk: Tensor, size: int, supersample: int) -> Tensor:
+    """Rasterise ``n`` phantoms: ``ellipses`` the centres, axes and rotations ``(cx, cy, a, b, theta)``,
+    each ``(n, 2 + k)`` (skull, body, inner ones), ``v_skull``, ``v_body`` ``(n,)`` and the inner
+    ellipses' additive intensities ``vk`` ``(n, k)``; shape ``(n, 1, size, size)`` in [0, 1]."""
+    n, k = vk.shape
+    device = vk.device
+    coeff = _quadratic_coefficients(*ellipses)  # (n, 2 + k, 6)
 
     fine = size * supersample
     r = (2 * torch.arange(fine, device=device, dtype=torch.float32) + 1) / fine - 1  # pixel centres
@@ -170,4 +257,3 @@ def held_out_phantoms(count: int, size: int = 32) -> Tensor:
     if count > 1:
         images.append(phantoms(count - 1, size, seed=10_000).reshape(count - 1, 1, size, size))
     return torch.cat(images)
-

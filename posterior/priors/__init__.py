@@ -3,7 +3,7 @@ the bundled pretrained priors."""
 
 from posterior.priors.analytic import Gaussian, GaussianMixture
 from posterior.priors.base import DenoiserPrior, DiffusionPrior
-from posterior.priors.composite import PatchedPrior, StackedPrior, SubspacePrior
+from posterior.priors.composite import PatchedPrior, SliceStackPrior, StackedPrior, SubspacePrior
 from posterior.priors.diffusers_adapter import from_diffusers
 from posterior.priors.network import NetworkPrior
 from posterior.priors.noise_level import NoiseLevelClassifier
@@ -23,6 +23,7 @@ __all__ = [
     "NoiseLevelClassifier",
     "PatchedPrior",
     "Schedule",
+    "SliceStackPrior",
     "StackedPrior",
     "SubspacePrior",
     "UNet",

@@ -10,6 +10,7 @@ that :meth:`Sampler.sample` drives; the maths several of them share lives in
 from posterior.samplers.afdps import AFDPS
 from posterior.samplers.base import Sampler
 from posterior.samplers.dds import DDS
+from posterior.samplers.diffusion_mbir import DiffusionMBIR
 from posterior.samplers.dlg import DenoisingLangevinGibbs
 from posterior.samplers.dps import DPS
 from posterior.samplers.exact import ExactPosterior
@@ -25,6 +26,7 @@ __all__ = [
     "DDS",
     "DPS",
     "DenoisingLangevinGibbs",
+    "DiffusionMBIR",
     "ExactPosterior",
     "JointPosterior",
     "LevenbergMarquardtLangevin",

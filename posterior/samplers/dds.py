@@ -138,6 +138,7 @@ def data_consistency(
 class DDSState:
     x: Tensor  # (n, *event_shape): the draws at the current noise level
     cg_steps: tuple[int, ...] = ()  # the conjugate-gradient steps run at each noise level so far
+    carry: tuple[Tensor, ...] = ()  # what the data-consistency solve carries between levels (DiffusionMBIR)
 
 
 @dataclass
@@ -163,12 +164,17 @@ class DDSKernel(Kernel):
             self.sigmas[0] * randn((self.n, *self.prior.event_shape), generator, y.dtype, y.device)
         )
 
+    def solve(self, state: DDSState, x0_hat: Tensor, gamma) -> tuple[Tensor, int, tuple[Tensor, ...]]:
+        """The data-consistency step: the corrected estimate, the CG steps run, what to carry on."""
+        corrected, runs = data_consistency(self.problem, x0_hat, gamma, self.settings.cg_steps)
+        return corrected, runs, ()
+
     def step(self, state, i, generator):
         settings = self.settings
         sigma, sigma_next = self.sigmas[i], self.sigmas[i + 1]
         x0_hat = self.prior.denoise(state.x, sigma)
         gamma = settings.gamma if settings.gamma is not None else 1 / pigdm_variance(sigma, self.scale)
-        corrected, runs = data_consistency(self.problem, x0_hat, gamma, settings.cg_steps)
+        corrected, runs, carry = self.solve(state, x0_hat, gamma)
         if float(sigma_next) == 0:
             x = corrected
         else:
@@ -176,7 +182,7 @@ class DDSKernel(Kernel):
             c = settings.eta * sigma_next * (1 - (sigma_next / sigma) ** 2) ** 0.5
             noise = randn(x0_hat.shape, generator, x0_hat.dtype, x0_hat.device)
             x = corrected + (sigma_next**2 - c**2) ** 0.5 * eps + c * noise
-        return DDSState(x, (*state.cg_steps, runs)), Info(
+        return DDSState(x, (*state.cg_steps, runs), carry), Info(
             sigma, check=(x,), view={"x": x, "x0_hat": x0_hat, "corrected": corrected}
         )
 

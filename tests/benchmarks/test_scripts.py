@@ -262,3 +262,14 @@ def test_phantoms_benchmark(tmp_path):
     data = json.loads(out.read_text())
     assert len(data["rows"]) == 2 * 2 * 3 and len(data["summary"]) == 2 * 3
     assert all(r["vjp"] == 0 and r["nfe"] == 50 for r in data["rows"] if r["sampler"] != "classical")
+
+
+def test_volumes_benchmark_draws_its_figure(tmp_path):
+    out, figure = tmp_path / "volumes.json", tmp_path / "sagittal.png"
+    argv = ["--volumes", "2", "--depth", "4", "--steps", "3", "--draws", "2", "--figure", str(figure)]
+    load("volumes").main([*argv, "--out", str(out)])
+    data = json.loads(out.read_text())
+    assert len(data["rows"]) == 2 * 4 and [e["method"] for e in data["summary"]] == list(
+        load("volumes").METHODS
+    )
+    assert figure.stat().st_size > 5_000

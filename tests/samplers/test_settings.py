@@ -21,6 +21,7 @@ CONCRETE = [
     S.MCGdiff,
     S.DPS,
     S.DDS,
+    S.DiffusionMBIR,
     S.LevenbergMarquardtLangevin,
     S.DenoisingLangevinGibbs,
     S.RedDiff,
