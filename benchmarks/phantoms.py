@@ -38,6 +38,7 @@ ACCELERATION = {"mri-4x": 4, "mri-8x": 8}
 SAMPLERS = {  # name -> sampler; the SMC samplers run 2 runs of --particles particles per image
     "dds-50": lambda: post.samplers.DDS(steps=50),
     "dds-100": lambda: post.samplers.DDS(steps=100),
+    "dds-200": lambda: post.samplers.DDS(steps=200),
     "dds-50-ddim": lambda: post.samplers.DDS(steps=50, eta=0.0),
     "dps-1000": lambda: post.samplers.DPS(steps=1000),
     "mcgdiff-100": lambda: post.samplers.MCGdiff(steps=100),
