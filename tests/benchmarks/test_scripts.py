@@ -239,7 +239,7 @@ def test_parameters_benchmark(tmp_path):
 
 def test_acquisition_benchmark(tmp_path):
     out = tmp_path / "acquisition.json"
-    load("acquisition").main(["--images", "1", "--steps", "3", "--particles", "4", "--out", str(out)])
+    load("acquisition").main(["--images", "1", "--steps", "2", "--particles", "2", "--out", str(out)])
     data = json.loads(out.read_text())
     assert len(data["rows"]) == 4 and len(data["summary"]) == 8
     assert all(len(r["order"]) == 8 and r["order"][0] == 0 for r in data["rows"])
