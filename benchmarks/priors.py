@@ -3,8 +3,12 @@
 For each prior: a grid of unconditional samples (PNG), the distance from samples to their nearest
 training image against the same for noise images and for held-out images, the sliced Wasserstein
 distance between samples and held-out images in pixel space against the held-out-vs-training floor,
-the denoising MSE across sigma on held-out images against the MMSE of a Gaussian prior fitted to the
-training data, and the noise-level classifier's held-out accuracy.
+the denoising MSE across sigma on held-out images against two yardsticks fitted to the recipe's
+reference images (training images drawn like the held-out ones, ``Recipe.reference``): the exact MMSE
+denoiser of a Gaussian with their mean and covariance, and the exact MMSE denoiser of their empirical
+distribution (point masses at the images); each with the paired standard error over held-out images.
+For the ultrasound priors, also a Gaussian fitted to unflipped pool patches (training flips them), and
+the noise-level classifier's held-out accuracy.
 
     python benchmarks/priors.py [digits phantoms us-tissue us-haze] [--num-samples 256] [--steps 40] [--docs docs/figures]
 
@@ -27,7 +31,12 @@ import torch  # noqa: E402
 
 from posterior import metrics
 from posterior.priors import Gaussian, noise_classifier, pretrained  # noqa: E402
-from posterior.priors.training import GAUSSIAN_FIT_SIZE, RECIPES, classifier_accuracy  # noqa: E402
+from posterior.priors.training import (  # noqa: E402
+    GAUSSIAN_FIT_SIZE,
+    RECIPES,
+    classifier_accuracy,
+    ultrasound_pool,
+)
 from posterior.utils import atomic_write, write_json  # noqa: E402
 
 SIGMAS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
@@ -40,15 +49,46 @@ def fitted_gaussian(train: torch.Tensor) -> Gaussian:
     return Gaussian(flat.mean(0).reshape(train.shape[1:]), cov)
 
 
-def denoising_mse(denoise, x0: torch.Tensor, sigma: float, seed: int = 0) -> float:
-    """Mean squared error per pixel of ``denoise(x0 + sigma eps, sigma)`` over held-out images ``x0``.
+def empirical_denoiser(train: torch.Tensor):
+    """The exact MMSE denoiser of the empirical distribution of ``train`` (equal point masses at its
+    images): ``D(x) = sum_i softmax_i(-||x - x_i||^2 / 2 sigma^2) x_i``, in float64."""
+    flat = train.reshape(train.shape[0], -1).to(torch.float64)
 
-    ``eps`` is drawn in float32 whatever the dtype of ``x0``, so that a float64 denoiser sees the same
-    noisy images as a float32 one (a paired comparison; unpaired, the MSE at sigma = 3 moves by 3%)."""
+    def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
+        logits = -torch.cdist(x.reshape(x.shape[0], -1).to(torch.float64), flat).pow(2) / (2 * sigma**2)
+        return (torch.softmax(logits, 1) @ flat).reshape(x.shape)
+
+    return denoise
+
+
+def denoising_errors(denoise, x0: torch.Tensor, sigma: float, seed: int = 0) -> torch.Tensor:
+    """Per held-out image ``x0[i]``, the mean squared error per pixel of ``denoise(x0 + sigma eps, sigma)``
+    (float64, shape ``(n,)``).
+
+    ``eps`` is drawn in float32 whatever the dtype of ``x0``, so that every denoiser sees the same noisy
+    images (a paired comparison; unpaired, the MSE at sigma = 3 moves by 3%)."""
     g = torch.Generator().manual_seed(seed)
     noisy = x0 + sigma * torch.randn(x0.shape, generator=g).to(x0.dtype)
     with torch.no_grad():
-        return float((denoise(noisy, sigma) - x0).pow(2).mean())
+        return (denoise(noisy, sigma).to(torch.float64) - x0).pow(2).reshape(x0.shape[0], -1).mean(1)
+
+
+def denoising_table(held_out: torch.Tensor, denoisers: dict) -> dict:
+    """Per sigma and denoiser, the held-out MSE, and each yardstick's paired difference to the network:
+    ``{sigma: {"network": mse, name: mse, "network_minus_" + name: [mean, standard error]}}``."""
+    table = {}
+    for sigma in SIGMAS:
+        errors = {
+            name: denoising_errors(d, held_out if name == "network" else held_out.double(), sigma)
+            for name, d in denoisers.items()
+        }
+        entry = {name: float(e.mean()) for name, e in errors.items()}
+        for name, e in errors.items():
+            if name != "network":
+                d = errors["network"] - e
+                entry[f"network_minus_{name}"] = [float(d.mean()), metrics.standard_error(d)]
+        table[sigma] = entry
+    return table
 
 
 def nearest_distance(x: torch.Tensor, reference: torch.Tensor) -> float:
@@ -84,10 +124,7 @@ def evaluate(name: str, num_samples: int, steps: int, figures: Path) -> dict:
     start = time.perf_counter()
     prior = pretrained(name)
     load_time = time.perf_counter() - start
-    held_out = recipe.held_out()
-    train = recipe.batch(
-        GAUSSIAN_FIT_SIZE, torch.Generator().manual_seed(5)
-    )  # as many as the network's Gaussian
+    held_out, train = recipe.held_out(), recipe.reference()
     start = time.perf_counter()
     samples = prior.sample(num_samples, steps=steps, seed=0)
     sample_time = time.perf_counter() - start
@@ -98,8 +135,14 @@ def evaluate(name: str, num_samples: int, steps: int, figures: Path) -> dict:
     noise = low + (high - low) * torch.rand_like(samples)
     n_ref = min(num_samples, held_out.shape[0])
     gaussian = fitted_gaussian(train)
-    mse = {s: denoising_mse(prior.denoise, held_out, s) for s in SIGMAS}
-    mmse = {s: denoising_mse(gaussian.denoise, held_out.double(), s) for s in SIGMAS}
+    denoisers = {
+        "network": prior.denoise,
+        "gaussian": gaussian.denoise,
+        "empirical": empirical_denoiser(train),
+    }
+    if name.startswith("us-"):  # training flips the pool's patches; the held-out ones are not flipped
+        unflipped = ultrasound_pool(name.removeprefix("us-"))[:GAUSSIAN_FIT_SIZE]
+        denoisers["gaussian_unflipped"] = fitted_gaussian(unflipped).denoise
     classifier = noise_classifier(name) if recipe.classifier_steps else None
     return {
         "prior": name,
@@ -115,8 +158,8 @@ def evaluate(name: str, num_samples: int, steps: int, figures: Path) -> dict:
         "sw_gaussian_vs_held_out": metrics.sliced_wasserstein(
             gaussian.sample(n_ref, seed=0).float(), held_out[:n_ref]
         ),
-        "denoising_mse": mse,
-        "gaussian_mmse": mmse,
+        "reference_images": train.shape[0],
+        "denoising": denoising_table(held_out, denoisers),
         "classifier": classifier
         and classifier_accuracy(classifier, held_out, torch.Generator().manual_seed(1)),
         "classifier_steps": recipe.classifier_steps,
@@ -146,9 +189,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
             f"SW to held-out: samples {r['sw_samples_vs_held_out']:.4f}, training images "
             f"{r['sw_train_vs_held_out']:.4f}, fitted Gaussian {r['sw_gaussian_vs_held_out']:.4f}"
         )
-        print(f"{'sigma':>8} {'network MSE':>12} {'Gaussian MMSE':>14}")
-        for s in SIGMAS:
-            print(f"{s:>8} {r['denoising_mse'][s]:>12.5f} {r['gaussian_mmse'][s]:>14.5f}")
+        print(f"{'sigma':>8} {'network':>9} {'Gaussian':>9} {'empirical':>9}  network minus yardstick (se)")
+        for s, e in r["denoising"].items():
+            paired = ", ".join(
+                f"{k.removeprefix('network_minus_')} {v[0] / v[1]:+.1f}"
+                for k, v in e.items()
+                if k.startswith("network_minus_")
+            )
+            print(f"{s:>8} {e['network']:>9.5f} {e['gaussian']:>9.5f} {e['empirical']:>9.5f}  {paired}")
         c = r["classifier"]
         if c is None:
             continue

@@ -138,17 +138,37 @@ def prior_quality(data: dict, unit: str, units: str) -> list[str]:
 
 
 def denoising(data: dict) -> list[str]:
-    """``benchmarks/priors.py``: denoising MSE of each network and of the fitted Gaussian, per sigma."""
-    rows = data["rows"]
-    sigmas = list(rows[0]["denoising_mse"])
-    header = [f"{r['prior']} {kind}" for r in rows for kind in ("network", "Gaussian")]
-    return markdown(
-        ["sigma", *header],
-        [
-            [f"{float(s):g}"] + [f"{r[k][s]:.5f}" for r in rows for k in ("denoising_mse", "gaussian_mmse")]
-            for s in sigmas
-        ],
-    )
+    """``benchmarks/priors.py``: per prior and sigma, the held-out denoising MSE of the network and of the
+    two yardsticks, with the network's paired difference to each (percent of the yardstick, standard
+    errors); for ultrasound also the Gaussian fitted without the training flips."""
+
+    def paired(entry: dict, name: str) -> str:
+        mean, se = entry[f"network_minus_{name}"]
+        return f"{100 * mean / entry[name]:+.1f}% ({mean / se:+.1f} se)"
+
+    unflipped = any("gaussian_unflipped" in e for r in data["rows"] for e in r["denoising"].values())
+    header = [
+        "prior",
+        "sigma",
+        "network",
+        "Gaussian",
+        "network vs Gaussian",
+        "empirical",
+        "network vs empirical",
+    ]
+    rows = []
+    for r in data["rows"]:
+        for sigma, e in r["denoising"].items():
+            row = [r["prior"], f"{float(sigma):g}", f"{e['network']:.5f}", f"{e['gaussian']:.5f}"]
+            row += [paired(e, "gaussian"), f"{e['empirical']:.5f}", paired(e, "empirical")]
+            if unflipped:
+                row.append(
+                    f"{e['gaussian_unflipped']:.5f}, network {paired(e, 'gaussian_unflipped')}"
+                    if "gaussian_unflipped" in e
+                    else "-"
+                )
+            rows.append(row)
+    return markdown(header + (["Gaussian without flips, network vs it"] if unflipped else []), rows)
 
 
 def classifiers(data: dict) -> list[str]:
@@ -611,10 +631,13 @@ def volumes_table(data: dict) -> list[str]:
             dtype=torch.float64,
         )
         paired.append(f"{float(gain.mean()):.{digits}f} ± {standard_error(gain):.{digits}f}")
+    shepp_logan = data.get("truth") == "shepp_logan_volume"
+    over = f"{volumes} noise draws of the 3D Shepp-Logan volume" if shepp_logan else f"{volumes} volumes"
     return [
         *lines,
         "",
-        f"Means ± standard errors over {volumes} volumes; differences paired by volume. DiffusionMBIR minus "
+        f"Means ± standard errors over {over}; differences paired by "
+        f"{'noise draw (each with its own sampler seed)' if shepp_logan else 'volume'}. DiffusionMBIR minus "
         f"admm-coupling-only (the total variation's own share): PSNR {paired[0]} dB, slice-difference "
         f"error {paired[1]}.",
     ]
@@ -657,6 +680,7 @@ TABLES = {  # name -> (JSON files under docs/results, renderer of their rows poo
     "acquisition-digits": (("acquisition_digits",), acquisition),
     "phantoms": (("phantoms",), phantoms_table),
     "volumes": (("volumes",), volumes_table),
+    "volumes-shepp-logan": (("volumes-shepp-logan",), volumes_table),
     "parameters-noise-level": (("parameters",), parameters_noise_level),
     "parameters-gain": (("parameters",), parameters_gain),
     "parameters-digits": (("parameters",), parameters_digits),

@@ -5,8 +5,14 @@ scikit-image's bundled CT phantom, and ``phantoms`` and the ultrasound frames an
 generated procedurally. The first two need the ``data`` extra (``pip install 'posterior[data]'``).
 """
 
-from posterior.data.ct_phantoms import held_out_phantoms, phantom_volumes, phantoms, shepp_logan
-from posterior.data.sklearn_digits import digits, random_shift
+from posterior.data.ct_phantoms import (
+    held_out_phantoms,
+    phantom_volumes,
+    phantoms,
+    shepp_logan,
+    shepp_logan_volume,
+)
+from posterior.data.sklearn_digits import digits
 from posterior.data.ultrasound import (
     UltrasoundConfig,
     bmode,
@@ -30,9 +36,9 @@ __all__ = [
     "ks_statistic",
     "phantom_volumes",
     "phantoms",
-    "random_shift",
     "scan_convert",
     "shepp_logan",
+    "shepp_logan_volume",
     "ultrasound_frames",
     "ultrasound_patches",
 ]

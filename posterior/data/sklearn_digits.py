@@ -1,12 +1,10 @@
-"""Handwritten digits (scikit-learn's bundled 8x8 set, offline) and a shift augmentation."""
+"""Handwritten digits (scikit-learn's bundled 8x8 set, offline)."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-from posterior.utils import make_generator
 
 NUM_DIGITS = 1797
 NUM_TEST = 297
@@ -47,42 +45,3 @@ def digits(split: str = "train", size: int = 16) -> Tensor:
     if size != x.shape[-1]:
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
     return x.clamp(0.0, 1.0).contiguous()
-
-
-def random_shift(x: Tensor, max_shift: int, generator: torch.Generator | int | None = None) -> Tensor:
-    """Shift each image by a random integer offset in ``[-max_shift, max_shift]`` along both axes.
-
-    Pixels shifted in from outside are zero (no wrap-around), so mass is kept exactly when the
-    image has a zero border at least ``max_shift`` wide.
-
-    Parameters
-    ----------
-    x : Tensor, shape (n, ..., H, W)
-    max_shift : int
-        Largest offset in pixels, ``>= 0``.
-    generator : torch.Generator, int or None
-        Source of the offsets (an int is a seed).
-
-    Returns
-    -------
-    Tensor, shape (n, ..., H, W), the same dtype and device as ``x``.
-    """
-    if not isinstance(max_shift, int) or isinstance(max_shift, bool) or max_shift < 0:
-        raise ValueError(f"max_shift must be an int >= 0, got {max_shift!r}")
-    if x.dim() < 3:
-        raise ValueError(f"x has shape {tuple(x.shape)}, expected (n, ..., H, W)")
-    if max_shift == 0 or x.shape[0] == 0:
-        return x.clone()
-    gen, gen_device = make_generator(generator, x.device)
-    n, (h, w) = x.shape[0], x.shape[-2:]
-    m = max_shift
-    shifts = torch.randint(-m, m + 1, (n, 2), generator=gen, device=gen_device).to(x.device)
-    flat = x.reshape(n, -1, h, w)
-    c = flat.shape[1]
-    padded = F.pad(flat, (m, m, m, m))  # zeros; padded[..., r + m, c + m] = x[..., r, c]
-    # out[r, c] = x[r - dy, c - dx] = padded[r - dy + m, c - dx + m]
-    rows = torch.arange(h, device=x.device) - shifts[:, :1] + m  # (n, h)
-    cols = torch.arange(w, device=x.device) - shifts[:, 1:] + m  # (n, w)
-    out = padded.gather(2, rows[:, None, :, None].expand(n, c, h, w + 2 * m))
-    out = out.gather(3, cols[:, None, None, :].expand(n, c, h, w))
-    return out.reshape(x.shape)

@@ -2,9 +2,9 @@
 
 ``digits``
     16x16 handwritten digits in [0, 1]: scikit-learn's digits (1500 images of a fixed split; 297 held
-    out) upsampled bilinearly from 8x8, random shifts of up to 1 pixel. A Gaussian-residual UNet
-    (widths (32, 64, 64), 925,793 parameters), 3000 steps x batch 64 (``posterior train digits``, one
-    CPU thread), with a noise-level classifier.
+    out) upsampled bilinearly from 8x8, not augmented (the held-out digits are not shifted, so neither
+    are the training ones). A Gaussian-residual UNet (widths (32, 64, 64), 925,793 parameters), 3000
+    steps x batch 64 (``posterior train digits``, one CPU thread), with a noise-level classifier.
 ``phantoms``
     32x32 CT-style ellipse phantoms in [0, 1] (:func:`posterior.data.phantoms`, fresh each step).
     Gaussian-residual UNet (widths (16, 32, 64, 64), 951,025 parameters), 4000 steps x batch 32
@@ -20,9 +20,9 @@
     through :func:`ultrasound_prior`; they are the two priors of ultrasound dehazing
     (``docs/dehazing.md``).
 
-All four learn the residual of the exact denoiser of a Gaussian fitted to their training data
-(``"edm-gaussian"``), so they beat it where a denoiser can (sigma <= 1) and tie it where every good
-denoiser is close to linear (sigma >= 3); see ``docs/priors.md`` for the measured figures (denoising
+All four learn the residual of the exact denoiser of a Gaussian fitted to their reference images
+(``Recipe.reference``; ``"edm-gaussian"``), so they beat it where a denoiser can (sigma <= 1) and tie it
+where every good denoiser is close to linear (sigma >= 3); see ``docs/priors.md`` for the measured figures (denoising
 MSE, sample distances, classifier accuracy, training times).
 The metadata of each file (:func:`info`) holds its recipe, parameter count and training command;
 :mod:`posterior.priors.training` retrains them.

@@ -11,8 +11,9 @@ continues from the last one, bit-identically on the CPU (on CUDA only with
 ``torch.use_deterministic_algorithms(True)``, since some convolution gradients are not deterministic).
 
 The network is a :class:`GaussianResidualUNet`: it learns the residual of the exact denoiser of a
-Gaussian fitted to ``GAUSSIAN_FIT_SIZE`` training images (parametrisation ``"edm-gaussian"``), so that
-it starts as that Gaussian's MMSE denoiser and, where the noise dominates, stays close to it.
+Gaussian fitted to the recipe's reference images (``Recipe.reference``; parametrisation
+``"edm-gaussian"``), so that it starts as that Gaussian's MMSE denoiser and, where the noise dominates,
+stays close to it.
 
 Recipes (data, network size, noise range, steps) are in :data:`RECIPES`; ``posterior train NAME``
 runs one and writes the weight files that :func:`posterior.priors.pretrained` loads.
@@ -41,7 +42,7 @@ from posterior.priors.unet import GaussianResidualUNet, UNet, count_parameters
 from posterior.utils import atomic_write, make_generator, progress_bar
 
 FORMAT_PRIOR = "posterior.prior/1"
-GAUSSIAN_FIT_SIZE = 10_000  # training images for the Gaussian whose denoiser the network corrects
+GAUSSIAN_FIT_SIZE = 10_000  # reference images of the generated data sets (digits has its 1500)
 FORMAT_CLASSIFIER = "posterior.noise-classifier/1"
 
 
@@ -53,11 +54,8 @@ def _digits_train() -> Tensor:
 
 
 def _digits_batch(n: int, generator: torch.Generator) -> Tensor:
-    from posterior.data import random_shift
-
     data = _digits_train()
-    idx = torch.randint(len(data), (n,), generator=generator)
-    return random_shift(data[idx], 1, generator)
+    return data[torch.randint(len(data), (n,), generator=generator)]
 
 
 def _digits_held_out() -> Tensor:
@@ -78,12 +76,22 @@ def _phantoms_held_out() -> Tensor:
     return phantoms(300, 32, seed=10_000)
 
 
+def _phantoms_reference() -> Tensor:
+    from posterior.data import phantoms
+
+    return phantoms(GAUSSIAN_FIT_SIZE, 32, seed=1)
+
+
 # ultrasound: patch side, pool size, frame grid, and the band-limited width the frames are resampled to
 US_PATCH, US_POOL, US_FRAME, US_WIDTH = 32, 16_384, (512, 256), 64
 
 
 @cache
-def _ultrasound_pool(source: str) -> Tensor:
+def ultrasound_pool(source: str) -> Tensor:
+    """The 16,384 training patches of ``us-tissue`` or ``us-haze`` (``source`` ``"tissue"`` or ``"haze"``),
+    unflipped, shape ``(16384, 1, 32, 32)``; cached, so do not modify it in place."""
+    if source not in ("tissue", "haze"):
+        raise ValueError(f"source must be 'tissue' or 'haze', got {source!r}")
     from posterior.data import ultrasound_patches
 
     samples, lines = US_FRAME
@@ -97,13 +105,23 @@ def _ultrasound_batch(source: str) -> Callable[[int, torch.Generator], Tensor]:
     """Patches from the pool with random left-right and RF sign flips (both keep the statistics)."""
 
     def batch(n: int, generator: torch.Generator) -> Tensor:
-        pool = _ultrasound_pool(source)
+        pool = ultrasound_pool(source)
         x = pool[torch.randint(len(pool), (n,), generator=generator)]
         flip = torch.rand(n, generator=generator) < 0.5
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         return x * torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)[:, None, None, None]
 
     return batch
+
+
+def _ultrasound_reference(source: str) -> Callable[[], Tensor]:
+    """10,000 flipped pool patches, as in training. The held-out patches are not flipped: a Gaussian fitted
+    to unflipped patches denoises them slightly better (benchmarks/priors.py, docs/priors.md)."""
+
+    def reference() -> Tensor:
+        return _ultrasound_batch(source)(GAUSSIAN_FIT_SIZE, torch.Generator().manual_seed(1))
+
+    return reference
 
 
 def _ultrasound_held_out(source: str) -> Callable[[], Tensor]:
@@ -127,6 +145,11 @@ class Recipe:
     description: str
     batch: Callable[[int, torch.Generator], Tensor]
     held_out: Callable[[], Tensor]
+    # Training images without augmentation that changes their distribution (digits: the 1500 unshifted;
+    # phantoms: 10,000 generated) or, for ultrasound, flipped as in training (the shipped weights were fit
+    # so; benchmarks/priors.py also scores a Gaussian of unflipped patches). The network's Gaussian and the
+    # yardsticks of benchmarks/priors.py are fit to them, whatever the training seed.
+    reference: Callable[[], Tensor]
     event_shape: tuple[int, int, int]
     widths: tuple[int, ...]
     steps: int
@@ -149,9 +172,10 @@ RECIPES = {
     "digits": Recipe(
         name="digits",
         description="scikit-learn's digits (1500 training images of the fixed split; 297 held out), 8x8 "
-        "upsampled bilinearly to 16x16, values in [0, 1], random shifts of up to 1 pixel",
+        "upsampled bilinearly to 16x16, values in [0, 1], no augmentation",
         batch=_digits_batch,
         held_out=_digits_held_out,
+        reference=_digits_train,
         event_shape=(1, 16, 16),
         widths=(32, 64, 64),
         steps=3000,
@@ -164,6 +188,7 @@ RECIPES = {
         "(posterior.data.phantoms, a fresh batch every step; held-out set seed 10000)",
         batch=_phantoms_batch,
         held_out=_phantoms_held_out,
+        reference=_phantoms_reference,
         event_shape=(1, 32, 32),
         widths=(16, 32, 64, 64),
         steps=4000,
@@ -178,6 +203,7 @@ RECIPES = {
             "patches, seed 1; random left-right and sign flips; held-out seed 10000)",
             batch=_ultrasound_batch(source),
             held_out=_ultrasound_held_out(source),
+            reference=_ultrasound_reference(source),
             event_shape=(1, US_PATCH, US_PATCH),
             widths=(16, 32, 64, 64),
             steps=2500,
@@ -314,14 +340,16 @@ def train_prior(
 ) -> Path:
     """Train the denoiser of recipe ``name``; writes ``{name}.safetensors`` (EMA weights) in ``out_dir``.
 
-    Returns the path of the weight file. The checkpoint ``{name}.ckpt`` beside it allows ``resume``.
+    ``seed`` sets the initialisation and the training batches; the network's Gaussian is fitted to
+    ``recipe.reference()`` whatever the seed. Returns the path of the weight file. The checkpoint
+    ``{name}.ckpt`` beside it allows ``resume``.
     """
     recipe = RECIPES[name]
     steps = steps if steps is not None else recipe.steps
     out_dir = Path(out_dir)
     torch.manual_seed(seed)  # network initialisation
     net = GaussianResidualUNet(recipe.event_shape, recipe.widths)
-    net.fit_gaussian(recipe.batch(GAUSSIAN_FIT_SIZE, torch.Generator().manual_seed(seed + 1)))
+    net.fit_gaussian(recipe.reference())
     net = net.to(device)
     prior = build_prior(net, recipe)
     start = time.perf_counter()

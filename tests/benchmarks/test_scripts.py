@@ -264,12 +264,37 @@ def test_phantoms_benchmark(tmp_path):
     assert all(r["vjp"] == 0 and r["nfe"] == 50 for r in data["rows"] if r["sampler"] != "classical")
 
 
-def test_volumes_benchmark_draws_its_figure(tmp_path):
+@pytest.mark.parametrize("truth", ["phantom_volumes", "shepp_logan_volume"])
+def test_volumes_benchmark_draws_its_figure(tmp_path, truth):
     out, figure = tmp_path / "volumes.json", tmp_path / "sagittal.png"
     argv = ["--volumes", "2", "--depth", "4", "--steps", "3", "--draws", "2", "--figure", str(figure)]
-    load("volumes").main([*argv, "--out", str(out)])
+    load("volumes").main(
+        [*argv, "--out", str(out), *(["--shepp-logan"] if truth == "shepp_logan_volume" else [])]
+    )
     data = json.loads(out.read_text())
+    assert data["truth"] == truth
     assert len(data["rows"]) == 2 * 4 and [e["method"] for e in data["summary"]] == list(
         load("volumes").METHODS
     )
     assert figure.stat().st_size > 5_000
+
+
+def test_priors_benchmark_scores_both_yardsticks(tmp_path):
+    """Tiny settings on the digits: the two yardsticks per sigma with paired differences, rendered."""
+    out = tmp_path / "priors.json"
+    load("priors").main(
+        ["digits", "--num-samples", "4", "--steps", "2", "--docs", str(tmp_path), "--out", str(out)]
+    )
+    data = json.loads(out.read_text())
+    table = data["rows"][0]["denoising"]
+    assert len(table) == 7 and data["rows"][0]["reference_images"] == 1500
+    for entry in table.values():
+        assert {
+            "network",
+            "gaussian",
+            "empirical",
+            "network_minus_gaussian",
+            "network_minus_empirical",
+        } <= set(entry)
+    lines = load("render_docs").denoising(data)
+    assert len(lines) == 2 + 7 and "digits" in lines[2]

@@ -1,9 +1,9 @@
-"""Offline data sets: shapes, ranges, fixed splits, seeded phantoms and the shift augmentation."""
+"""Offline data sets: shapes, ranges, fixed splits and seeded phantoms."""
 
 import pytest
 import torch
 
-from posterior.data import digits, held_out_phantoms, phantoms, random_shift, shepp_logan
+from posterior.data import digits, held_out_phantoms, phantoms, shepp_logan
 
 
 @pytest.fixture(scope="module")
@@ -44,49 +44,6 @@ def test_digits_bad_arguments(sklearn):
         digits("validation")
     with pytest.raises(ValueError, match="size"):
         digits("train", size=0)
-
-
-def test_random_shift_keeps_mass_inside_zero_border():
-    gen = torch.Generator().manual_seed(0)
-    x = torch.zeros(64, 2, 12, 10)
-    x[..., 3:-3, 3:-3] = torch.rand(64, 2, 6, 4, generator=gen)
-    y = random_shift(x, 3, gen)
-    assert y.shape == x.shape
-    torch.testing.assert_close(y.sum((-1, -2)), x.sum((-1, -2)))
-    assert not torch.equal(x, y)
-
-
-def test_random_shift_is_an_integer_translation_with_zero_fill():
-    x = torch.arange(1.0, 26.0).reshape(1, 1, 5, 5).repeat(200, 1, 1, 1)
-    y = random_shift(x, 2, torch.Generator().manual_seed(1))
-    seen = set()
-    for img in y[:, 0]:
-        matches = [
-            (dy, dx)
-            for dy in range(-2, 3)
-            for dx in range(-2, 3)
-            if torch.equal(img, _shifted(x[0, 0], dy, dx))
-        ]
-        assert len(matches) == 1
-        seen.add(matches[0])
-    assert len(seen) == 25  # all offsets in [-2, 2]^2 occur in 200 draws
-
-
-def _shifted(img, dy, dx):
-    out = torch.zeros_like(img)
-    h, w = img.shape
-    out[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = img[
-        max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
-    ]
-    return out
-
-
-def test_random_shift_is_seeded_and_zero_shift_is_identity():
-    x = torch.rand(8, 1, 6, 6)
-    torch.testing.assert_close(random_shift(x, 1, 5), random_shift(x, 1, 5))
-    torch.testing.assert_close(random_shift(x, 0, 5), x)
-    with pytest.raises(ValueError, match="max_shift"):
-        random_shift(x, -1, 0)
 
 
 def test_phantoms_shapes_range_and_determinism():

@@ -64,6 +64,7 @@ def test_one_problem_with_many_seeds_and_bad_arguments():
         run_many([problems[0], other], sampler, prior, 4, batch=2)
 
 
+@pytest.mark.slow  # 1-2 minutes of Ray start-up on 2 cores; the CLI's Ray test stays in the default run
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed")
 def test_ray_gives_the_local_results():
     """A local Ray cluster of 2 CPUs, started by the test; 5 problems in 3 tasks, results in order."""
