@@ -4,7 +4,8 @@ For each prior: a grid of unconditional samples (PNG), the distance from samples
 training image against the same for noise images and for held-out images, the sliced Wasserstein
 distance between samples and held-out images in pixel space against the held-out-vs-training floor,
 the denoising MSE across sigma on held-out images against two yardsticks fitted to the recipe's
-reference images (training images drawn like the held-out ones, ``Recipe.reference``): the exact MMSE
+reference images (``Recipe.reference``: training images without augmentation that changes their
+distribution): the exact MMSE
 denoiser of a Gaussian with their mean and covariance, and the exact MMSE denoiser of their empirical
 distribution (point masses at the images); each with the paired standard error over held-out images.
 For the ultrasound priors, also a Gaussian fitted to unflipped pool patches (training flips them), and

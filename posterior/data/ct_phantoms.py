@@ -269,7 +269,8 @@ _SHEPP_LOGAN_3D = (
 
 def shepp_logan_volume(size: int = 32, depth: int | None = None, *, supersample: int = 2) -> Tensor:
     """The 3D Shepp-Logan head phantom (Kak & Slaney 1988, p. 102; the higher contrast of Yu, Ye & Wang
-    2004: skull 1, brain 0.2, ventricles 0, small features 0.3-0.4 and one at 0), ten ellipsoids in ``[-1, 1]^3``.
+    2004: skull 1, brain 0.2, ventricles 0, small features 0.3-0.4 and one at 0), ten ellipsoids in
+    ``[-1, 1]^3``.
 
     The axial slice near ``z = -0.25`` is close to the 2D phantom of :func:`shepp_logan`, in the same
     orientation (the book's ``y`` axis points to the top of the image, row 0).

@@ -102,7 +102,8 @@ def ultrasound_pool(source: str) -> Tensor:
 
 
 def _ultrasound_batch(source: str) -> Callable[[int, torch.Generator], Tensor]:
-    """Patches from the pool with random left-right and RF sign flips (both keep the statistics)."""
+    """Patches from the pool with random left-right and RF sign flips (nearly symmetries of the simulated
+    frames: see :func:`_ultrasound_reference`)."""
 
     def batch(n: int, generator: torch.Generator) -> Tensor:
         pool = ultrasound_pool(source)
